@@ -1,0 +1,196 @@
+"""``hangup-proxy``: flags and ``HANGUP_*`` environment variables → ``ProxyConfig`` → run.
+
+Every flag can also be set by an environment variable named ``HANGUP_`` + the flag in upper case
+with dashes as underscores (``--upstream-timeout`` → ``HANGUP_UPSTREAM_TIMEOUT``); a flag on the
+command line wins over the variable. A bad value gets one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from proxy.config import (
+    ProxyConfig,
+    parse_count,
+    parse_host_port,
+    parse_seconds,
+    parse_upstream,
+)
+from proxy.logs import LOG_FORMATS, configure_logging
+from proxy.policy import parse_cancel_methods
+from proxy.server import run
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _choice(options: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {text!r}")
+        return text
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    field: str
+    parse: Callable[[str], Any]
+    default: str | None
+    help: str
+
+    @property
+    def env(self) -> str:
+        return "HANGUP_" + self.flag.removeprefix("--").replace("-", "_").upper()
+
+
+OPTIONS = (
+    Option(
+        "--listen",
+        "listen",
+        parse_host_port,
+        "127.0.0.1:8080",
+        "HOST:PORT where clients connect (port 0: any free port, logged at start)",
+    ),
+    Option(
+        "--upstream",
+        "upstream",
+        parse_upstream,
+        None,
+        "http://HOST:PORT of the one backend every request is forwarded to (required)",
+    ),
+    Option(
+        "--cancel-methods",
+        "cancel_policy",
+        parse_cancel_methods,
+        "GET,HEAD,OPTIONS,TRACE",
+        "comma-separated methods whose upstream connection is closed when the client hangs "
+        "up, or '*' for all; other methods are carried to the end and the answer discarded",
+    ),
+    Option(
+        "--upstream-timeout",
+        "upstream_timeout",
+        parse_seconds,
+        "60",
+        "seconds to wait for the upstream's response headers once the request is sent, and "
+        "then between two body reads; past it the client gets 504",
+    ),
+    Option(
+        "--connect-timeout",
+        "connect_timeout",
+        parse_seconds,
+        "5",
+        "seconds to wait for a TCP connection to the upstream; past it, or on refusal, 502",
+    ),
+    Option(
+        "--upstream-keepalive-timeout",
+        "upstream_keepalive_timeout",
+        parse_seconds,
+        "4",
+        "seconds an idle upstream connection is pooled; keep it below the backend's own idle "
+        "timeout (uvicorn: 5)",
+    ),
+    Option(
+        "--upstream-max-connections",
+        "upstream_max_connections",
+        parse_count,
+        "1024",
+        "most upstream connections open at once; further requests wait for a free one",
+    ),
+    Option(
+        "--client-keepalive-timeout",
+        "client_keepalive_timeout",
+        parse_seconds,
+        "75",
+        "seconds an idle client keep-alive connection stays open",
+    ),
+    Option(
+        "--shutdown-timeout",
+        "shutdown_timeout",
+        parse_seconds,
+        "25",
+        "on SIGTERM/SIGINT, seconds in-flight requests get to finish (a second signal exits "
+        "at once)",
+    ),
+    Option(
+        "--log-format",
+        "log_format",
+        _choice(LOG_FORMATS),
+        "json",
+        "json (one object per line) or console (for people)",
+    ),
+    Option(
+        "--log-level",
+        "log_level",
+        _choice(LOG_LEVELS),
+        "info",
+        "lowest level written: " + ", ".join(LOG_LEVELS),
+    ),
+)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but an error is one line (no usage dump) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog="hangup-proxy",
+        description="A reverse proxy that closes the upstream connection the moment the client "
+        "hangs up, so the backend stops working for nobody.",
+        epilog="Every flag can also be set as an environment variable: HANGUP_ + the flag's name "
+        "in upper case (e.g. HANGUP_UPSTREAM_TIMEOUT). Flags win over variables.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for option in OPTIONS:
+        parser.add_argument(
+            option.flag,
+            dest=option.field,
+            metavar=option.flag.removeprefix("--").upper().replace("-", "_"),
+            default=option.default,
+            help=f"{option.help} [env {option.env}]",
+        )
+    return parser
+
+
+def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> ProxyConfig:
+    """Build the config from flags over environment variables over defaults.
+
+    Raises ``SystemExit(2)`` with one line on stderr for any invalid value.
+    """
+    parser = build_parser()
+    parser.set_defaults(
+        **{option.field: environ[option.env] for option in OPTIONS if option.env in environ}
+    )
+    namespace = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw = getattr(namespace, option.field)
+        if raw is None:
+            parser.error(f"{option.flag} is required (or set {option.env})")
+        try:
+            values[option.field] = option.parse(raw)
+        except ValueError as exc:
+            parser.error(f"{option.flag}: {exc}")
+    return ProxyConfig(**values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_config(sys.argv[1:] if argv is None else argv, os.environ)
+    configure_logging(config.log_format, config.log_level)
+    try:
+        run(config)
+    except OSError as exc:
+        # Typically the listen address is taken or not ours: say so in one line.
+        sys.stderr.write(f"hangup-proxy: error: cannot listen on {config.listen}: {exc}\n")
+        return 1
+    return 0

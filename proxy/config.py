@@ -1,0 +1,124 @@
+"""The proxy's configuration: one frozen dataclass, every field documented with its default.
+
+``proxy.cli`` builds it from flags and ``HANGUP_*`` environment variables; nothing else reads the
+environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from proxy.logs import LogFormat
+from proxy.policy import CancelPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_host_port(text: str) -> HostPort:
+    """Parse ``HOST:PORT`` or ``[V6]:PORT``; port 0 asks the kernel for a free one."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be a number from 0 to 65535, got {port_text!r}")
+    return HostPort(host, int(port_text))
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """The one backend: ``http://HOST:PORT``. Only plain HTTP: a sidecar talks over loopback."""
+
+    host: str
+    port: int
+
+    @property
+    def origin(self) -> str:
+        """``http://host:port`` with no trailing slash; request targets are appended verbatim."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def parse_upstream(text: str) -> Upstream:
+    parts = urlsplit(text.strip())
+    if parts.scheme != "http":
+        raise ValueError(f"upstream must be an http:// URL, got {text!r}")
+    if not parts.hostname:
+        raise ValueError(f"upstream URL has no host: {text!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(
+            f"upstream URL must be only http://HOST:PORT (request paths are forwarded as they "
+            f"came), got {text!r}"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"upstream URL has an invalid port: {text!r}") from None
+    return Upstream(parts.hostname, port if port is not None else 80)
+
+
+def parse_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {text!r}") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"expected a positive number of seconds, got {text!r}")
+    return seconds
+
+
+def parse_count(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """Everything the proxy needs to run. Defaults are the ones a sidecar wants."""
+
+    upstream: Upstream
+    """The backend every request is forwarded to. Required."""
+
+    listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 8080))
+    """Where clients connect. Default 127.0.0.1:8080; port 0 picks a free port (logged)."""
+
+    cancel_policy: CancelPolicy = field(default_factory=CancelPolicy)
+    """Methods whose upstream exchange is closed when the client hangs up. Default the safe
+    methods GET, HEAD, OPTIONS, TRACE; others are carried to the end and their answer discarded."""
+
+    upstream_timeout: float = 60.0
+    """Seconds to wait for the upstream: for its response headers once the request is sent,
+    then between two reads of its body. Past it: 504 (or a cut connection once streaming)."""
+
+    connect_timeout: float = 5.0
+    """Seconds to wait for a TCP connection to the upstream. Past it, or on refusal: 502."""
+
+    upstream_keepalive_timeout: float = 4.0
+    """Seconds an idle pooled upstream connection is kept. Must stay below the backend's own idle
+    timeout (uvicorn's default is 5 s), or a request can be sent on a socket the backend is
+    closing at that very moment."""
+
+    upstream_max_connections: int = 1024
+    """Most upstream connections open at once; further requests wait for one to free up."""
+
+    client_keepalive_timeout: float = 75.0
+    """Seconds an idle client keep-alive connection is kept open (nginx and aiohttp use 75)."""
+
+    shutdown_timeout: float = 25.0
+    """On SIGTERM/SIGINT: seconds in-flight requests are given to finish before they are cut."""
+
+    log_format: LogFormat = "json"
+    """``json`` (one object per line, for machines) or ``console`` (for people)."""
+
+    log_level: str = "info"
+    """Lowest level written: debug, info, warning, error."""

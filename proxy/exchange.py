@@ -1,0 +1,96 @@
+"""One request's journey through the proxy, and the canonical log line that records it.
+
+An ``Exchange`` is created when a request arrives and written exactly once, as one JSON line,
+when the work for it ends (for a write carried to the end after a hang-up, that is when the
+upstream has answered, not when the client left).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+import structlog
+
+log = structlog.get_logger("hangup.proxy")
+
+# nginx's convention for "client closed the connection before the response was complete".
+STATUS_CLIENT_CLOSED = 499
+
+
+class Outcome(enum.StrEnum):
+    COMPLETED = "completed"
+    """The upstream's answer reached the client whole (whatever its status)."""
+    CLIENT_HANGUP = "client_hangup"
+    """The client left first. For a cancellable method the upstream connection was closed."""
+    UPSTREAM_ERROR = "upstream_error"
+    """Refused, reset, or an answer we could not parse: 502 (or a cut connection once streaming)."""
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    """The upstream was silent past ``--upstream-timeout``: 504 (or a cut connection)."""
+    CLIENT_ERROR = "client_error"
+    """The client sent something we would not forward (a broken body, an unknown Expect)."""
+
+
+class Phase(enum.StrEnum):
+    """Where a request was when it ended; for a hang-up, where the client left.
+
+    The same split as HAProxy's CR/CH/CD termination flags.
+    """
+
+    REQUEST_BODY = "request_body"
+    AWAITING_UPSTREAM_HEADERS = "awaiting_upstream_headers"
+    STREAMING_RESPONSE = "streaming_response"
+
+
+@dataclass(slots=True)
+class Exchange:
+    request_id: str
+    method: str
+    path: str
+    client: str | None
+    cancellable: bool
+    started: float = field(default_factory=time.perf_counter)
+    phase: Phase = Phase.AWAITING_UPSTREAM_HEADERS
+    outcome: Outcome | None = None
+    status: int | None = None
+    upstream_status: int | None = None
+    upstream_closed: bool = False
+    """True when the proxy closed the upstream connection because the client hung up."""
+    reason: str | None = None
+    client_gone: bool = False
+
+    def finish(self, outcome: Outcome, status: int, reason: str | None = None) -> None:
+        """Record how the exchange ended; the first call wins (later paths only clean up)."""
+        if self.outcome is None:
+            self.outcome = outcome
+            self.status = status
+            self.reason = reason
+
+    def hung_up(self) -> None:
+        self.client_gone = True
+        self.finish(Outcome.CLIENT_HANGUP, STATUS_CLIENT_CLOSED)
+
+    def write_log_line(self) -> None:
+        """The canonical line: one per request, at info level, never with a traceback."""
+        duration_ms = round((time.perf_counter() - self.started) * 1000, 3)
+        fields = {
+            "request_id": self.request_id,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "outcome": str(self.outcome),
+            "duration_ms": duration_ms,
+            "upstream_status": self.upstream_status,
+            "client": self.client,
+        }
+        if self.outcome is Outcome.CLIENT_HANGUP:
+            fields["phase"] = str(self.phase)
+            fields["cancelled"] = self.cancellable
+            fields["upstream_closed"] = self.upstream_closed
+        if self.reason is not None:
+            fields["reason"] = self.reason
+        if self.outcome in (Outcome.UPSTREAM_ERROR, Outcome.UPSTREAM_TIMEOUT):
+            log.warning("request", **fields)
+        else:
+            log.info("request", **fields)

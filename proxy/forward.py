@@ -1,0 +1,236 @@
+"""Forwarding one request to the upstream, and abandoning it when the client hangs up.
+
+Theory of operation
+-------------------
+The front is aiohttp's low-level server, run with ``handler_cancellation=True``: when a client's
+connection is lost (FIN or RST), ``RequestHandler.connection_lost`` cancels the task running
+``Forwarder.handle`` for it. What happens next depends on the method's policy:
+
+* **Cancellable** (GET, HEAD, OPTIONS, TRACE by default): the ``CancelledError`` lands wherever
+  the exchange is waiting — reading the client's body, waiting for the upstream's headers, or
+  streaming the upstream's body. aiohttp's client closes its connection when cancelled before the
+  response started; after that we call ``ClientResponse.close()`` ourselves, because
+  ``release()`` may return a connection to the pool (cancellation-facts §4). Either way the
+  upstream socket is closed, never pooled, so the backend's ``connection_lost`` fires.
+
+* **Carried to the end** (everything else by default): the exchange runs in its own task and the
+  handler only awaits it through ``asyncio.shield``. The hang-up cancels the handler, not the
+  exchange: the request finishes reaching the upstream (if its body had fully arrived), the
+  upstream answers, and the answer is read and discarded so the connection can be pooled again.
+  Nothing is retried: aiohttp's own retry of idempotent methods is switched off in
+  ``proxy.upstream``.
+
+Every way an exchange can end funnels into ``Exchange.finish`` (first call wins) and one
+canonical log line written in ``_exchange``'s ``finally``.
+
+Timeouts: ``sock_connect`` bounds the TCP connect (→ 502) and ``sock_read`` bounds the wait for
+the upstream's headers once the request body is sent, then every gap between body reads (→ 504);
+aiohttp starts that clock only after the request is written and stops it while reading is paused
+by back-pressure, so a slow upload or a slow reader is never blamed on the upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import ClientConnectorError, ClientError, ClientResponse, ClientSession, web
+from aiohttp.client_exceptions import ServerTimeoutError, SocketTimeoutError
+from yarl import URL
+
+from proxy.config import ProxyConfig
+from proxy.exchange import Exchange, Outcome, Phase
+from proxy.headers import (
+    downstream_response_headers,
+    expects_continue,
+    request_id_from,
+    upstream_request_headers,
+)
+from proxy.policy import CancelPolicy
+from proxy.response import ForwardedResponse, must_be_empty
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class ClientBodyError(Exception):
+    """The client's request body could not be read: it hung up mid-upload or sent bad framing."""
+
+
+class Forwarder:
+    """The request handler: ``await forwarder.handle(request)`` for every client request."""
+
+    def __init__(self, config: ProxyConfig, session: ClientSession) -> None:
+        self._origin = config.upstream.origin
+        self._policy: CancelPolicy = config.cancel_policy
+        self._session = session
+        # Exchanges carried to the end after their client left; kept so they are not
+        # garbage-collected mid-flight (RUF006) and so shutdown can wait for them.
+        self.detached: set[asyncio.Task[web.StreamResponse]] = set()
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        exchange = Exchange(
+            request_id=request_id_from(request.raw_headers),
+            method=request.method,
+            path=request.raw_path.partition("?")[0],
+            client=request.remote,
+            cancellable=self._policy.should_cancel(request.method),
+        )
+        if exchange.cancellable:
+            return await self._exchange(request, exchange)
+        task = asyncio.create_task(self._exchange(request, exchange))
+        self.detached.add(task)
+        task.add_done_callback(self.detached.discard)
+        return await asyncio.shield(task)
+
+    async def _exchange(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
+        structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
+        upstream: ClientResponse | None = None
+        try:
+            expectation = expects_continue(request.headers.getall("Expect", []))
+            if expectation is False:
+                exchange.finish(Outcome.CLIENT_ERROR, 417, "unsupported_expectation")
+                return _error_response(417, "only the 100-continue expectation is supported")
+            upstream = await self._send_upstream(request, exchange, send_continue=expectation)
+            exchange.upstream_status = upstream.status
+            return await self._relay_response(request, exchange, upstream)
+        except asyncio.CancelledError:
+            if request.transport is None:
+                # aiohttp cancelled us because the client's connection is gone.
+                exchange.hung_up()
+                # Cancelled before the headers came, aiohttp's client closes the connection
+                # itself; after that, close() (never release()) keeps it out of the pool.
+                if upstream is not None:
+                    upstream.close()
+                exchange.upstream_closed = True
+            raise
+        except ClientBodyError:
+            if request.transport is None or exchange.client_gone:
+                exchange.hung_up()
+                return _error_response(499, "client closed the connection")
+            exchange.finish(Outcome.CLIENT_ERROR, 400, "bad_request_body")
+            return _error_response(400, "the request body could not be read")
+        except ConnectionResetError:
+            # Writing to a client that left (its loss may not have been noticed yet).
+            exchange.hung_up()
+            return _error_response(499, "client closed the connection")
+        except ServerTimeoutError as exc:
+            return self._upstream_failed(request, exchange, exc)
+        except ClientError as exc:
+            if exchange.client_gone:
+                exchange.hung_up()
+                return _error_response(499, "client closed the connection")
+            return self._upstream_failed(request, exchange, exc)
+        finally:
+            if upstream is not None and exchange.outcome is not Outcome.COMPLETED:
+                upstream.close()
+            exchange.write_log_line()
+
+    async def _send_upstream(
+        self, request: web.BaseRequest, exchange: Exchange, *, send_continue: bool | None
+    ) -> ClientResponse:
+        headers = upstream_request_headers(
+            request.raw_headers, client_ip=request.remote, request_id=exchange.request_id
+        )
+        body = (
+            self._stream_request_body(request, exchange, send_continue=bool(send_continue))
+            if request.body_exists
+            else None
+        )
+        url = URL(self._origin + _origin_form(request), encoded=True)
+        return await self._session.request(
+            request.method, url, headers=headers, data=body, allow_redirects=False
+        )
+
+    async def _stream_request_body(
+        self, request: web.BaseRequest, exchange: Exchange, *, send_continue: bool
+    ) -> AsyncIterator[bytes]:
+        """The client's body, chunk by chunk as it arrives: never buffered whole."""
+        exchange.phase = Phase.REQUEST_BODY
+        try:
+            if send_continue:
+                # RFC 9110 §10.1.1: ask for the body only once the upstream is connected and
+                # ready for it, as nginx does; a refused upstream then costs no upload.
+                await request.writer.write(_CONTINUE)
+            while chunk := await request.content.readany():
+                yield chunk
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            exchange.client_gone = request.transport is None
+            raise ClientBodyError(str(exc)) from exc
+        exchange.phase = Phase.AWAITING_UPSTREAM_HEADERS
+
+    async def _relay_response(
+        self, request: web.BaseRequest, exchange: Exchange, upstream: ClientResponse
+    ) -> web.StreamResponse:
+        if request.transport is None:
+            # A write carried to the end whose client already left: discard the answer, reading
+            # it whole so the connection can serve the next request.
+            exchange.hung_up()
+            await _discard(upstream)
+            return _error_response(499, "client closed the connection")
+        exchange.phase = Phase.STREAMING_RESPONSE
+        response = ForwardedResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=downstream_response_headers(upstream.raw_headers),
+        )
+        try:
+            await response.prepare(request)
+            if not must_be_empty(request.method, upstream.status):
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+            await response.write_eof()
+        except ConnectionResetError:
+            exchange.hung_up()
+            if not exchange.cancellable:
+                await _discard(upstream)
+            raise
+        except (ClientError, ServerTimeoutError) as exc:
+            # Headers are gone already: the only honest signal left is a cut connection, which the
+            # client sees as a short body or a missing last chunk.
+            self._upstream_failed(request, exchange, exc)
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        exchange.finish(Outcome.COMPLETED, upstream.status)
+        upstream.release()
+        return response
+
+    def _upstream_failed(
+        self, request: web.BaseRequest, exchange: Exchange, exc: BaseException
+    ) -> web.StreamResponse:
+        """The one funnel for upstream failures: pick the status, record the outcome."""
+        if isinstance(exc, SocketTimeoutError):
+            exchange.finish(Outcome.UPSTREAM_TIMEOUT, 504, "upstream_read_timeout")
+            return _error_response(504, "the upstream did not answer in time")
+        if isinstance(exc, ClientConnectorError | ServerTimeoutError):
+            exchange.finish(Outcome.UPSTREAM_ERROR, 502, "upstream_connect_failed")
+            return _error_response(502, "the upstream could not be reached")
+        exchange.finish(Outcome.UPSTREAM_ERROR, 502, f"upstream_failed: {type(exc).__name__}")
+        return _error_response(502, "the upstream connection failed")
+
+
+async def _discard(upstream: ClientResponse) -> None:
+    """Read an unwanted answer to its end without keeping it, then pool the connection."""
+    async for _ in upstream.content.iter_any():
+        pass
+    upstream.release()
+
+
+def _origin_form(request: web.BaseRequest) -> str:
+    """The request target to send upstream, byte for byte (RFC 9112 §3.2.1 origin-form).
+
+    A client may send absolute-form (RFC 9112 §3.2.2); it is reduced to origin-form so the
+    upstream sees what it would have seen directly.
+    """
+    target = request.raw_path
+    if target.startswith("/"):
+        return target
+    return request.rel_url.raw_path_qs if request.rel_url.raw_path else "/"
+
+
+def _error_response(status: int, text: str) -> web.Response:
+    """An answer the proxy makes itself: short text naming what went wrong."""
+    return web.Response(status=status, text=f"{status} {text}\n")

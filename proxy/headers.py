@@ -1,0 +1,114 @@
+"""Pure header rewriting for both directions of the proxy (no I/O; table-tested).
+
+The order of operations follows Go's ``httputil.ReverseProxy``: strip hop-by-hop fields (and every
+field the ``Connection`` header nominates) *before* adding the proxy's own, so a client's
+``Connection: X-Forwarded-For`` cannot delete what we add (golang/go#50580).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+
+from multidict import CIMultiDict
+
+RawHeaders = Sequence[tuple[bytes, bytes]]
+
+# RFC 9110 §7.6.1 names Connection, Proxy-Connection, Keep-Alive, TE, Transfer-Encoding and
+# Upgrade; Trailer, Proxy-Authenticate and Proxy-Authorization are addressed to the proxy itself
+# (RFC 9110 §11.7.1, §11.7.2). Transfer-Encoding is re-created by our own framing.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "trailer",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
+
+# Fields the proxy owns on the way to the upstream: Expect is answered here (we send
+# `100 Continue` when we start reading the body, as nginx does), and the forwarding fields are
+# rewritten below.
+_REQUEST_OWNED = frozenset({"expect", "x-forwarded-proto", "x-forwarded-host", "x-request-id"})
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# A client-supplied id is kept only when it is short and plain, so it can be trusted in logs
+# and in the upstream's own headers; anything else is replaced by a generated one.
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+def nominated_by_connection(values: Iterable[str]) -> frozenset[str]:
+    """Field names listed in ``Connection`` header values (RFC 9110 §7.6.1), lower-cased."""
+    return frozenset(
+        name.strip().lower() for value in values for name in value.split(",") if name.strip()
+    )
+
+
+def _end_to_end(raw: RawHeaders, extra_drop: frozenset[str]) -> list[tuple[str, str]]:
+    """Decode raw fields and keep the end-to-end ones, in order, repeats kept."""
+    decoded = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
+    nominated = nominated_by_connection(
+        value for name, value in decoded if name.lower() == "connection"
+    )
+    drop = HOP_BY_HOP | nominated | extra_drop
+    return [(name, value) for name, value in decoded if name.lower() not in drop]
+
+
+def request_id_from(raw: RawHeaders) -> str:
+    """The client's ``X-Request-ID`` when it is well-formed, else a fresh random one."""
+    for name, value in raw:
+        if name.lower() == b"x-request-id":
+            candidate = value.decode("latin-1").strip()
+            if _VALID_REQUEST_ID.fullmatch(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+def upstream_request_headers(
+    raw: RawHeaders, *, client_ip: str | None, request_id: str, scheme: str = "http"
+) -> CIMultiDict[str]:
+    """Headers to send upstream: the client's end-to-end fields plus the forwarding fields.
+
+    ``X-Forwarded-For`` is appended to (the client's list is kept, as nginx's
+    ``$proxy_add_x_forwarded_for`` does: the backend must trust only the entries it knows were
+    added by its own proxies). ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` describe this hop and
+    are replaced. ``Host`` is kept as the client sent it.
+    """
+    kept = _end_to_end(raw, _REQUEST_OWNED)
+    headers: CIMultiDict[str] = CIMultiDict(kept)
+    host = headers.get("Host")
+    if client_ip is not None:
+        previous = headers.getall("X-Forwarded-For", [])
+        if previous:
+            headers.popall("X-Forwarded-For")
+        headers["X-Forwarded-For"] = ", ".join([*previous, client_ip])
+    headers["X-Forwarded-Proto"] = scheme
+    if host is not None:
+        headers["X-Forwarded-Host"] = host
+    headers[REQUEST_ID_HEADER] = request_id
+    return headers
+
+
+def downstream_response_headers(raw: RawHeaders) -> CIMultiDict[str]:
+    """Headers to send the client: the upstream's end-to-end fields, in order, repeats kept.
+
+    Several ``Set-Cookie`` fields stay separate (RFC 6265 §3: they cannot be joined).
+    """
+    return CIMultiDict(_end_to_end(raw, frozenset()))
+
+
+def expects_continue(values: Sequence[str]) -> bool | None:
+    """``None`` without ``Expect``; True for ``100-continue``; False for anything else (→ 417).
+
+    RFC 9110 §10.1.1: 100-continue is the only expectation defined; the token is case-insensitive.
+    """
+    if not values:
+        return None
+    return all(value.strip().lower() == "100-continue" for value in values)

@@ -1,0 +1,308 @@
+"""Shared test machinery: raw client sockets, hang-ups, the console scripts as processes, logs.
+
+Everything here talks to 127.0.0.1 only and bounds every wait with ``asyncio.timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from structlog.testing import capture_logs
+
+LOOPBACK = "127.0.0.1"
+HangupKind = Literal["fin", "rst"]
+HANGUP_KINDS: tuple[HangupKind, ...] = ("fin", "rst")
+WAIT = 10.0  # the bound on any single wait in a test, in seconds
+
+
+def script_path(name: str) -> str:
+    """The console script installed next to the running interpreter (the venv's bin/)."""
+    candidate = Path(sys.executable).parent / name
+    if not candidate.exists():
+        raise FileNotFoundError(f"console script {name!r} not installed next to {sys.executable}")
+    return str(candidate)
+
+
+# --- raw client connections -------------------------------------------------------------------
+
+
+@dataclass
+class RawConnection:
+    """One client TCP connection driven byte by byte, so a test controls exactly how it ends."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    @classmethod
+    async def open(cls, port: int, host: str = LOOPBACK) -> RawConnection:
+        async with asyncio.timeout(WAIT):
+            reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        async with asyncio.timeout(WAIT):
+            await self.writer.drain()
+
+    def hang_up(self, kind: HangupKind) -> None:
+        """Close the connection: a FIN (plain close) or a RST (``SO_LINGER`` with zero timeout)."""
+        sock = self.writer.get_extra_info("socket")
+        if kind == "rst":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.close()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()
+
+    async def read_response(self, *, head: bool = False) -> RawResponse:
+        """Read one response: status line, headers, and a body framed by CL, chunked or close."""
+        async with asyncio.timeout(WAIT):
+            return await read_response(self.reader, head=head)
+
+
+@dataclass
+class RawResponse:
+    version: str
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    raw_head: bytes
+    chunked: bool = False
+
+    def header(self, name: str) -> str | None:
+        values = self.header_values(name)
+        return values[0] if values else None
+
+    def header_values(self, name: str) -> list[str]:
+        lowered = name.lower()
+        return [value for key, value in self.headers if key.lower() == lowered]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def read_response(reader: asyncio.StreamReader, *, head: bool = False) -> RawResponse:
+    raw_head = await reader.readuntil(b"\r\n\r\n")
+    lines = raw_head.decode("latin-1").split("\r\n")
+    version, status, *reason = lines[0].split(" ", 2)
+    headers = []
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers.append((name, value.strip()))
+    response = RawResponse(
+        version, int(status), reason[0] if reason else "", headers, b"", raw_head
+    )
+    if response.status == 100:
+        return await read_response(reader, head=head)
+    if head or response.status in (204, 304) or 100 <= response.status < 200:
+        return response
+    length = response.header("content-length")
+    if length is not None:
+        response.body = await reader.readexactly(int(length))
+    elif (response.header("transfer-encoding") or "").lower() == "chunked":
+        response.chunked = True
+        response.body = await _read_chunked(reader)
+    else:
+        response.body = await reader.read()
+    return response
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    body = bytearray()
+    while True:
+        size_line = await reader.readuntil(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                pass  # trailer fields
+            return bytes(body)
+        body += await reader.readexactly(size)
+        await reader.readexactly(2)
+
+
+def request_bytes(
+    method: str,
+    target: str,
+    headers: Sequence[tuple[str, str]] = (),
+    body: bytes = b"",
+    *,
+    version: str = "HTTP/1.1",
+    host: str = "test.local",
+) -> bytes:
+    """A request written byte for byte; ``Content-Length`` is added when there is a body."""
+    lines = [f"{method} {target} {version}", f"Host: {host}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    if body and not any(
+        name.lower() in ("content-length", "transfer-encoding") for name, _ in headers
+    ):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+# --- the project's console scripts as processes ------------------------------------------------
+
+
+@dataclass
+class ScriptProcess:
+    """A console script started as a child process whose stdout is JSON log lines.
+
+    Every line is kept in ``lines``; ``wait_for`` waits (bounded) for a line that matches.
+    """
+
+    process: asyncio.subprocess.Process
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    raw_lines: list[str] = field(default_factory=list)
+    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _pump: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, argv: Sequence[str], env: dict[str, str] | None = None) -> ScriptProcess:
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+            env=full_env,
+        )
+        started = cls(process)
+        started._pump = asyncio.create_task(started._read_lines())
+        return started
+
+    async def _read_lines(self) -> None:
+        assert self.process.stdout is not None
+        async for raw in self.process.stdout:
+            text = raw.decode(errors="replace").rstrip("\n")
+            async with self._changed:
+                self.raw_lines.append(text)
+                with contextlib.suppress(json.JSONDecodeError):
+                    parsed = json.loads(text)
+                    if isinstance(parsed, dict):
+                        self.lines.append(parsed)
+                self._changed.notify_all()
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = WAIT
+    ) -> dict[str, Any]:
+        """The first log line (old or new) for which ``predicate`` is true."""
+        async with asyncio.timeout(timeout), self._changed:
+            while True:
+                for line in self.lines:
+                    if predicate(line):
+                        return line
+                if self._pump is not None and self._pump.done():
+                    raise AssertionError(
+                        "process ended before the expected line:\n" + "\n".join(self.raw_lines)
+                    )
+                await self._changed.wait()
+
+    async def wait_for_event(self, event: str, **fields: Any) -> dict[str, Any]:
+        return await self.wait_for(
+            lambda line: (
+                line.get("event") == event
+                and all(line.get(key) == value for key, value in fields.items())
+            )
+        )
+
+    async def listening_port(self, event: str) -> int:
+        line = await self.wait_for_event(event)
+        return int(line["port"])
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line.get("event") == event]
+
+    def send_signal(self, signum: int) -> None:
+        if self.process.returncode is None:
+            self.process.send_signal(signum)
+
+    async def wait_exit(self, timeout: float = WAIT) -> int:
+        async with asyncio.timeout(timeout):
+            code = await self.process.wait()
+            if self._pump is not None:
+                await self._pump
+        return code
+
+    async def stop(self) -> int:
+        """SIGTERM by PID, then SIGKILL if it has not exited within the bound."""
+        self.send_signal(signal.SIGTERM)
+        try:
+            return await self.wait_exit()
+        except TimeoutError:
+            self.send_signal(signal.SIGKILL)
+            return await self.wait_exit()
+
+
+@contextlib.asynccontextmanager
+async def running_script(
+    argv: Sequence[str], listening_event: str, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[ScriptProcess, int]]:
+    """Start a console script, wait for its listening line, yield it with its port, stop it."""
+    started = await ScriptProcess.start(argv, env)
+    try:
+        port = await started.listening_port(listening_event)
+        yield started, port
+    finally:
+        await started.stop()
+
+
+# --- in-process structlog events ---------------------------------------------------------------
+
+
+class LogWatch:
+    """structlog events captured in this process, with bounded waits for the ones a test expects."""
+
+    def __init__(self) -> None:
+        self.entries: list[MutableMapping[str, Any]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def _processor(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        # Runs just before capture_logs appends the entry; waiters resume on a later loop turn.
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+        return event_dict
+
+    def events(self, event: str, **fields: Any) -> list[MutableMapping[str, Any]]:
+        return [
+            entry
+            for entry in self.entries
+            if entry.get("event") == event
+            and all(entry.get(key) == value for key, value in fields.items())
+        ]
+
+    async def wait_for(self, event: str, count: int = 1, **fields: Any) -> MutableMapping[str, Any]:
+        """The ``count``-th matching event, waiting (bounded by ``WAIT``) until it is logged."""
+        async with asyncio.timeout(WAIT):
+            while len(self.events(event, **fields)) < count:
+                waiter = asyncio.get_running_loop().create_future()
+                self._waiters.append(waiter)
+                await waiter
+        return self.events(event, **fields)[count - 1]
+
+
+@contextlib.contextmanager
+def watch_logs() -> Iterator[LogWatch]:
+    watch = LogWatch()
+    with capture_logs(processors=[watch._processor]) as entries:
+        watch.entries = entries
+        yield watch
