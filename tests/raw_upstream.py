@@ -45,6 +45,19 @@ class UpstreamConnection:
     received: bytearray = field(default_factory=bytearray)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     first_byte: asyncio.Event = field(default_factory=asyncio.Event)
+    _more_bytes: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def record(self, data: bytes) -> None:
+        self.received += data
+        self.first_byte.set()
+        self._more_bytes.set()
+
+    async def wait_received(self, size: int) -> None:
+        """Wait (bounded) until at least ``size`` bytes have arrived on this connection."""
+        async with asyncio.timeout(WAIT):
+            while len(self.received) < size:
+                self._more_bytes.clear()
+                await self._more_bytes.wait()
 
 
 Answer = Callable[[ReceivedRequest, UpstreamConnection], Coroutine[Any, Any, bytes | None]]
@@ -170,8 +183,7 @@ class _RecordingReader:
 
     def _record(self, data: bytes) -> None:
         if data:
-            self._connection.received += data
-            self._connection.first_byte.set()
+            self._connection.record(data)
 
     async def readuntil(self, separator: bytes) -> bytes:
         while separator not in self._pending:

@@ -228,6 +228,19 @@ class ScriptProcess:
     def events(self, event: str) -> list[dict[str, Any]]:
         return [line for line in self.lines if line.get("event") == event]
 
+    async def wait_for_text(self, predicate: Callable[[str], bool], timeout: float = WAIT) -> str:
+        """The first output line (JSON or not: e.g. uvicorn's own CLI) for which ``predicate`` is true."""
+        async with asyncio.timeout(timeout), self._changed:
+            while True:
+                for text in self.raw_lines:
+                    if predicate(text):
+                        return text
+                if self._pump is not None and self._pump.done():
+                    raise AssertionError(
+                        "process ended before the expected line:\n" + "\n".join(self.raw_lines)
+                    )
+                await self._changed.wait()
+
     def send_signal(self, signum: int) -> None:
         if self.process.returncode is None:
             self.process.send_signal(signum)
