@@ -25,11 +25,16 @@ class HostPort:
 def parse_host_port(text: str) -> HostPort:
     """Parse ``HOST:PORT`` or ``[V6]:PORT``; port 0 asks the kernel for a free one."""
     host, sep, port_text = text.strip().rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
     if not sep or not host:
         raise ValueError(f"expected HOST:PORT, got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if ":" in host and not bracketed:
+        # Unbracketed, "::1" would split into host ":" and port 1.
+        raise ValueError(f"an IPv6 address needs brackets, as in [::1]:8080, got {text!r}")
+    # isdigit() alone admits "²", which int() rejects, and "٣", which int() reads as 3.
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"port must be a number from 0 to 65535, got {port_text!r}")
     return HostPort(host, int(port_text))
 
@@ -54,7 +59,8 @@ def parse_upstream(text: str) -> Upstream:
         raise ValueError(f"upstream must be an http:// URL, got {text!r}")
     if not parts.hostname:
         raise ValueError(f"upstream URL has no host: {text!r}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
+    # User info would be dropped silently below, so the operator's credentials would never be sent.
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
         raise ValueError(
             f"upstream URL must be only http://HOST:PORT (request paths are forwarded as they "
             f"came), got {text!r}"
@@ -63,6 +69,9 @@ def parse_upstream(text: str) -> Upstream:
         port = parts.port
     except ValueError:
         raise ValueError(f"upstream URL has an invalid port: {text!r}") from None
+    if port == 0:
+        # Nothing can be reached on port 0: every request would end in a 502.
+        raise ValueError(f"upstream URL has an invalid port: {text!r}")
     return Upstream(parts.hostname, port if port is not None else 80)
 
 
@@ -77,7 +86,8 @@ def parse_seconds(text: str) -> float:
 
 
 def parse_count(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
+    stripped = text.strip()
+    if not (stripped.isascii() and stripped.isdigit()) or int(stripped) < 1:
         raise ValueError(f"expected a whole number of at least 1, got {text!r}")
     return int(text)
 

@@ -105,10 +105,15 @@ def downstream_response_headers(raw: RawHeaders) -> CIMultiDict[str]:
 
 
 def expects_continue(values: Sequence[str]) -> bool | None:
-    """``None`` without ``Expect``; True for ``100-continue``; False for anything else (→ 417).
+    """``None`` without an expectation; True for ``100-continue``; False for anything else (→ 417).
 
     RFC 9110 §10.1.1: 100-continue is the only expectation defined; the token is case-insensitive.
+    ``Expect`` is a list, whose empty elements a recipient must ignore (RFC 9110 §5.6.1.2), so
+    ``100-continue,`` is 100-continue and an empty ``Expect`` expects nothing.
     """
-    if not values:
+    members = [
+        member.strip().lower() for value in values for member in value.split(",") if member.strip()
+    ]
+    if not members:
         return None
-    return all(value.strip().lower() == "100-continue" for value in values)
+    return all(member == "100-continue" for member in members)

@@ -1,4 +1,4 @@
-"""When the upstream fails: 502 for refused or broken, 504 for silent, a cut connection mid-stream."""
+"""When the upstream fails: 502 if refused or broken, 504 if silent, a cut once streaming."""
 
 from __future__ import annotations
 
