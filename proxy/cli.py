@@ -30,6 +30,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 def _choice(options: Sequence[str]) -> Callable[[str], str]:
     def parse(text: str) -> str:
+        text = text.strip().lower()
         if text not in options:
             raise ValueError(f"expected one of {', '.join(options)}, got {text!r}")
         return text
@@ -149,15 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
         "hangs up, so the backend stops working for nobody.",
         epilog="Every flag can also be set as an environment variable: HANGUP_ + the flag's name "
         "in upper case (e.g. HANGUP_UPSTREAM_TIMEOUT). Flags win over variables.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for option in OPTIONS:
+        default = "" if option.default is None else f"; default {option.default}"
         parser.add_argument(
             option.flag,
             dest=option.field,
             metavar=option.flag.removeprefix("--").upper().replace("-", "_"),
-            default=option.default,
-            help=f"{option.help} [env {option.env}]",
+            default=None,
+            help=f"{option.help} [env {option.env}{default}]",
         )
     return parser
 
@@ -168,19 +169,22 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> ProxyConfig
     Raises ``SystemExit(2)`` with one line on stderr for any invalid value.
     """
     parser = build_parser()
-    parser.set_defaults(
-        **{option.field: environ[option.env] for option in OPTIONS if option.env in environ}
-    )
     namespace = parser.parse_args(argv)
     values: dict[str, Any] = {}
     for option in OPTIONS:
-        raw = getattr(namespace, option.field)
+        raw, source = getattr(namespace, option.field), option.flag
+        # An empty variable counts as unset: `HANGUP_X=` in a compose file must not silently
+        # mean "empty" (for --cancel-methods that would switch cancellation off).
+        if raw is None and environ.get(option.env):
+            raw, source = environ[option.env], option.env
+        if raw is None:
+            raw = option.default
         if raw is None:
             parser.error(f"{option.flag} is required (or set {option.env})")
         try:
             values[option.field] = option.parse(raw)
         except ValueError as exc:
-            parser.error(f"{option.flag}: {exc}")
+            parser.error(f"{source}: {exc}")
     return ProxyConfig(**values)
 
 

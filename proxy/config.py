@@ -32,7 +32,7 @@ def parse_host_port(text: str) -> HostPort:
         raise ValueError(f"expected HOST:PORT, got {text!r}")
     if ":" in host and not bracketed:
         # Unbracketed, "::1" would split into host ":" and port 1.
-        raise ValueError(f"an IPv6 address needs brackets, as in [::1]:8080, got {text!r}")
+        raise ValueError(f"expected HOST:PORT or [IPV6]:PORT, got {text!r}")
     # isdigit() alone admits "²", which int() rejects, and "٣", which int() reads as 3.
     if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"port must be a number from 0 to 65535, got {port_text!r}")

@@ -50,11 +50,17 @@ def nominated_by_connection(values: Iterable[str]) -> frozenset[str]:
     )
 
 
+# Host identifies the target (RFC 9112 §3.2) and is not the sender's to drop by nominating it
+# in Connection; Go's ReverseProxy keeps it too.
+_NEVER_NOMINATED = frozenset({"host"})
+
+
 def _end_to_end(raw: RawHeaders, extra_drop: frozenset[str]) -> list[tuple[str, str]]:
     """Decode raw fields and keep the end-to-end ones, in order, repeats kept."""
     decoded = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
-    nominated = nominated_by_connection(
-        value for name, value in decoded if name.lower() == "connection"
+    nominated = (
+        nominated_by_connection(value for name, value in decoded if name.lower() == "connection")
+        - _NEVER_NOMINATED
     )
     drop = HOP_BY_HOP | nominated | extra_drop
     return [(name, value) for name, value in decoded if name.lower() not in drop]
@@ -85,8 +91,14 @@ def upstream_request_headers(
     headers: CIMultiDict[str] = CIMultiDict(kept)
     host = headers.get("Host")
     if client_ip is not None:
-        previous = headers.getall("X-Forwarded-For", [])
-        if previous:
+        # Empty list elements are ignored (RFC 9110 §5.6.1.2), so they are not passed on.
+        previous = [
+            element.strip()
+            for value in headers.getall("X-Forwarded-For", [])
+            for element in value.split(",")
+            if element.strip()
+        ]
+        if "X-Forwarded-For" in headers:
             headers.popall("X-Forwarded-For")
         headers["X-Forwarded-For"] = ", ".join([*previous, client_ip])
     headers["X-Forwarded-Proto"] = scheme

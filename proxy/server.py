@@ -69,9 +69,15 @@ async def start_proxy(config: ProxyConfig) -> RunningProxy:
     runner = web.ServerRunner(
         build_server(forwarder, config), shutdown_timeout=config.shutdown_timeout
     )
-    await runner.setup()
-    site = web.TCPSite(runner, config.listen.host, config.listen.port)
-    await site.start()
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, config.listen.host, config.listen.port)
+        await site.start()
+    except BaseException:
+        # Typically the address is taken: undo what was opened so nothing is reported unclosed.
+        await runner.cleanup()
+        await session.close()
+        raise
     host, port = runner.addresses[0][:2]
     return RunningProxy(runner, session, forwarder, HostPort(host, port))
 

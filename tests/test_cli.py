@@ -1,0 +1,402 @@
+"""``hangup-proxy``'s command line: flags over ``HANGUP_*`` variables over defaults, and errors.
+
+The first half calls ``parse_config`` in-process; the second starts the real console script.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from proxy.cli import OPTIONS, parse_config
+from proxy.config import HostPort, ProxyConfig, Upstream, parse_upstream
+from proxy.policy import CancelPolicy
+from tests.support import LOOPBACK, WAIT, script_path
+
+# Never contacted: every process started here fails or exits before it forwards anything.
+UPSTREAM = f"http://{LOOPBACK}:9"
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One option: its names, its default as --help shows it, and two distinct valid values."""
+
+    flag: str
+    env: str
+    field: str
+    default: str | None
+    flag_text: str
+    flag_value: Any
+    env_text: str
+    env_value: Any
+
+
+ROWS = [
+    Row(
+        "--listen",
+        "HANGUP_LISTEN",
+        "listen",
+        "127.0.0.1:8080",
+        "127.0.0.1:9001",
+        HostPort(LOOPBACK, 9001),
+        "[::1]:9002",
+        HostPort("::1", 9002),
+    ),
+    Row(
+        "--upstream",
+        "HANGUP_UPSTREAM",
+        "upstream",
+        None,
+        "http://127.0.0.1:8001",
+        Upstream(LOOPBACK, 8001),
+        "http://backend",
+        Upstream("backend", 80),
+    ),
+    Row(
+        "--cancel-methods",
+        "HANGUP_CANCEL_METHODS",
+        "cancel_policy",
+        "GET,HEAD,OPTIONS,TRACE",
+        "post,PUT",
+        CancelPolicy(frozenset({"POST", "PUT"})),
+        "*",
+        CancelPolicy(None),
+    ),
+    Row(
+        "--upstream-timeout",
+        "HANGUP_UPSTREAM_TIMEOUT",
+        "upstream_timeout",
+        "60",
+        "1.5",
+        1.5,
+        "2.5",
+        2.5,
+    ),
+    Row(
+        "--connect-timeout",
+        "HANGUP_CONNECT_TIMEOUT",
+        "connect_timeout",
+        "5",
+        "1",
+        1.0,
+        "2",
+        2.0,
+    ),
+    Row(
+        "--upstream-keepalive-timeout",
+        "HANGUP_UPSTREAM_KEEPALIVE_TIMEOUT",
+        "upstream_keepalive_timeout",
+        "4",
+        "3",
+        3.0,
+        "3.5",
+        3.5,
+    ),
+    Row(
+        "--upstream-max-connections",
+        "HANGUP_UPSTREAM_MAX_CONNECTIONS",
+        "upstream_max_connections",
+        "1024",
+        "8",
+        8,
+        "16",
+        16,
+    ),
+    Row(
+        "--client-keepalive-timeout",
+        "HANGUP_CLIENT_KEEPALIVE_TIMEOUT",
+        "client_keepalive_timeout",
+        "75",
+        "10",
+        10.0,
+        "20",
+        20.0,
+    ),
+    Row(
+        "--shutdown-timeout",
+        "HANGUP_SHUTDOWN_TIMEOUT",
+        "shutdown_timeout",
+        "25",
+        "1",
+        1.0,
+        "2",
+        2.0,
+    ),
+    Row(
+        "--log-format",
+        "HANGUP_LOG_FORMAT",
+        "log_format",
+        "json",
+        "json",
+        "json",
+        "console",
+        "console",
+    ),
+    Row(
+        "--log-level",
+        "HANGUP_LOG_LEVEL",
+        "log_level",
+        "info",
+        "debug",
+        "debug",
+        "warning",
+        "warning",
+    ),
+]
+OPTION_ROWS = [pytest.param(row, id=row.flag) for row in ROWS]
+
+
+def test_every_option_and_config_field_is_in_the_table() -> None:
+    assert [(option.flag, option.env, option.field) for option in OPTIONS] == [
+        (row.flag, row.env, row.field) for row in ROWS
+    ]
+    assert {row.field for row in ROWS} == {field.name for field in dataclasses.fields(ProxyConfig)}
+
+
+# --- parse_config, in-process --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("row", OPTION_ROWS)
+def test_flag_wins_over_its_environment_variable(row: Row) -> None:
+    config = parse_config(
+        [row.flag, row.flag_text], {"HANGUP_UPSTREAM": UPSTREAM, row.env: row.env_text}
+    )
+
+    assert getattr(config, row.field) == row.flag_value
+
+
+@pytest.mark.parametrize("row", OPTION_ROWS)
+def test_environment_variable_is_used_when_its_flag_is_absent(row: Row) -> None:
+    config = parse_config([], {"HANGUP_UPSTREAM": UPSTREAM, row.env: row.env_text})
+
+    assert getattr(config, row.field) == row.env_value
+
+
+def test_defaults_are_the_config_dataclass_defaults() -> None:
+    config = parse_config(["--upstream", UPSTREAM], {})
+
+    assert config == ProxyConfig(upstream=parse_upstream(UPSTREAM))
+    assert config.listen == HostPort(LOOPBACK, 8080)
+    assert config.cancel_policy == CancelPolicy(frozenset({"GET", "HEAD", "OPTIONS", "TRACE"}))
+
+
+def test_unrelated_environment_variables_are_ignored() -> None:
+    environ = {"HANGUP_UPSTREAM": UPSTREAM, "HANGUP_NOT_AN_OPTION": "x", "UPSTREAM_TIMEOUT": "1"}
+
+    assert parse_config([], environ) == ProxyConfig(upstream=parse_upstream(UPSTREAM))
+
+
+def single_error_line(
+    capsys: pytest.CaptureFixture[str], argv: Sequence[str], environ: Mapping[str, str]
+) -> str:
+    """The one stderr line ``parse_config`` writes before it exits with status 2."""
+    with pytest.raises(SystemExit) as exited:
+        parse_config(argv, environ)
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.splitlines()) == 1, captured.err
+    assert captured.err.endswith("\n")
+    return captured.err.rstrip("\n")
+
+
+def test_missing_upstream_is_one_line_and_exit_status_2(capsys: pytest.CaptureFixture[str]) -> None:
+    line = single_error_line(capsys, [], {})
+
+    assert line == "hangup-proxy: error: --upstream is required (or set HANGUP_UPSTREAM)"
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "expected"),
+    [
+        pytest.param(["--listen", "8080"], {}, "--listen: expected HOST:PORT", id="listen"),
+        pytest.param(
+            ["--upstream", "https://127.0.0.1"], {}, "--upstream: upstream must be", id="upstream"
+        ),
+        pytest.param(
+            ["--cancel-methods", "GET,*"], {}, "--cancel-methods: '*' must stand", id="cancel"
+        ),
+        pytest.param(
+            ["--upstream-timeout", "abc"],
+            {},
+            "--upstream-timeout: expected a number of seconds, got 'abc'",
+            id="upstream-timeout",
+        ),
+        pytest.param(
+            ["--connect-timeout", "0"], {}, "--connect-timeout: expected a positive", id="connect"
+        ),
+        pytest.param(
+            ["--upstream-keepalive-timeout", "-1"],
+            {},
+            "--upstream-keepalive-timeout: expected a positive",
+            id="upstream-keepalive",
+        ),
+        pytest.param(
+            ["--upstream-max-connections", "0"],
+            {},
+            "--upstream-max-connections: expected a whole number",
+            id="max-connections",
+        ),
+        pytest.param(
+            ["--client-keepalive-timeout", "inf"],
+            {},
+            "--client-keepalive-timeout: expected a positive",
+            id="client-keepalive",
+        ),
+        pytest.param(
+            ["--shutdown-timeout", "nan"],
+            {},
+            "--shutdown-timeout: expected a positive",
+            id="shutdown",
+        ),
+        pytest.param(
+            ["--log-format", "xml"], {}, "--log-format: expected one of json, console", id="format"
+        ),
+        pytest.param(
+            ["--log-level", "verbose"], {}, "--log-level: expected one of debug", id="level"
+        ),
+        pytest.param(
+            [],
+            {"HANGUP_UPSTREAM_TIMEOUT": "abc"},
+            "HANGUP_UPSTREAM_TIMEOUT: expected",
+            id="from-env",
+        ),
+        pytest.param(
+            ["--upstream-timeout", "abc"],
+            {"HANGUP_UPSTREAM_TIMEOUT": "5"},
+            "--upstream-timeout: expected",
+            id="bad-flag-over-good-env",
+        ),
+        pytest.param(
+            ["--upstream-timeout", "1\nTraceback"],
+            {},
+            "--upstream-timeout: expected a number of seconds, got '1\\nTraceback'",
+            id="newline-in-value-stays-on-one-line",
+        ),
+        pytest.param(["--listen"], {}, "argument --listen: expected one argument", id="no-value"),
+        pytest.param(["--nope", "1"], {}, "unrecognized arguments: --nope 1", id="unknown-flag"),
+    ],
+)
+def test_bad_value_is_one_line_naming_the_flag_and_exit_status_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], environ: dict[str, str], expected: str
+) -> None:
+    line = single_error_line(capsys, argv, {"HANGUP_UPSTREAM": UPSTREAM, **environ})
+
+    assert line.startswith("hangup-proxy: error: ")
+    assert expected in line
+
+
+# --- the real console script ---------------------------------------------------------------------
+
+
+def run_proxy(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``hangup-proxy`` to its exit (bounded), with no ``HANGUP_*`` inherited from the test."""
+    inherited = {
+        name: value for name, value in os.environ.items() if not name.startswith("HANGUP_")
+    }
+    return subprocess.run(
+        [script_path("hangup-proxy"), *args],
+        env={**inherited, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def help_text() -> str:
+    finished = run_proxy("--help")
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stderr == ""
+    # argparse wraps to the terminal's width; compare with every run of whitespace as one space.
+    return " ".join(finished.stdout.split())
+
+
+@pytest.mark.parametrize("row", OPTION_ROWS)
+def test_help_shows_every_flag_with_its_environment_variable_and_default(
+    help_text: str, row: Row
+) -> None:
+    assert f" {row.flag} " in help_text
+    if row.default is None:
+        assert f"[env {row.env}]" in help_text
+    else:
+        assert f"[env {row.env}; default {row.default}]" in help_text
+
+
+def test_help_says_upstream_is_required(help_text: str) -> None:
+    assert "(required)" in help_text
+
+
+def assert_one_error_line(finished: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in finished.stdout + finished.stderr
+    lines = finished.stderr.splitlines()
+    assert len(lines) == 1, finished.stderr
+    assert lines[0].startswith("hangup-proxy: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        pytest.param(
+            ["--upstream", UPSTREAM, "--upstream-timeout", "abc"],
+            {},
+            "--upstream-timeout: expected a number of seconds",
+            id="bad-flag",
+        ),
+        pytest.param(
+            ["--upstream", UPSTREAM],
+            {"HANGUP_UPSTREAM_TIMEOUT": "abc"},
+            "HANGUP_UPSTREAM_TIMEOUT: expected a number of seconds",
+            id="bad-environment-variable",
+        ),
+        pytest.param([], {}, "--upstream is required", id="missing-upstream"),
+    ],
+)
+def test_script_reports_a_bad_value_in_one_line_with_exit_status_2(
+    args: list[str], env: dict[str, str], expected: str
+) -> None:
+    finished = run_proxy(*args, env=env)
+
+    assert finished.returncode == 2
+    assert finished.stdout == ""
+    assert expected in assert_one_error_line(finished)
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that this test is listening on, so the proxy cannot bind it."""
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def listen_on_taken_port(port: int) -> subprocess.CompletedProcess[str]:
+    return run_proxy("--upstream", UPSTREAM, "--listen", f"{LOOPBACK}:{port}")
+
+
+def test_script_reports_a_listen_address_in_use_in_one_line(taken_port: int) -> None:
+    finished = listen_on_taken_port(taken_port)
+
+    assert finished.returncode != 0
+    line = assert_one_error_line(finished)
+    assert f"cannot listen on {LOOPBACK}:{taken_port}" in line
+
+
+def test_script_logs_no_error_when_the_listen_address_is_in_use(taken_port: int) -> None:
+    finished = listen_on_taken_port(taken_port)
+
+    errors = [
+        line for line in map(json.loads, finished.stdout.splitlines()) if line["level"] == "error"
+    ]
+    assert errors == []
