@@ -229,7 +229,7 @@ class ScriptProcess:
         return [line for line in self.lines if line.get("event") == event]
 
     async def wait_for_text(self, predicate: Callable[[str], bool], timeout: float = WAIT) -> str:
-        """The first output line (JSON or not: e.g. uvicorn's own CLI) for which ``predicate`` is true."""
+        """The first output line, JSON or not (uvicorn's own CLI), that ``predicate`` accepts."""
         async with asyncio.timeout(timeout), self._changed:
             while True:
                 for text in self.raw_lines:

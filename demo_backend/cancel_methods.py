@@ -1,0 +1,49 @@
+"""Which request methods are cancelled when the client hangs up: a small pure policy.
+
+The same rule as the proxy's: by default only methods that RFC 9110 §9.2.1 calls *safe* and that
+carry no request content worth finishing (GET, HEAD, OPTIONS, TRACE) are cancelled; a write (POST,
+PUT, PATCH, DELETE, ...) runs to completion because stopping it half-way can leave the backend's
+state half-changed. ``*`` opts every method in.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from proxy import policy as proxy_policy
+
+ENV_VAR = "HANGUP_CANCEL_METHODS"
+ALL_METHODS = proxy_policy.ALL_METHODS
+DEFAULT_CANCEL_METHODS: frozenset[str] = proxy_policy.DEFAULT_CANCEL_METHODS
+
+
+def parse_cancel_methods(text: str) -> frozenset[str]:
+    """``"GET,HEAD"`` -> ``{"GET", "HEAD"}``; ``"*"`` -> ``{"*"}`` (every method); ``""`` -> none.
+
+    Both halves of hangup read ``HANGUP_CANCEL_METHODS``, so the parsing is the proxy's own
+    (``proxy.policy``): names upper-cased, blanks between commas skipped, empty means never.
+    """
+    policy = proxy_policy.parse_cancel_methods(text)
+    return frozenset({ALL_METHODS}) if policy.methods is None else policy.methods
+
+
+def cancel_methods_from_env(environ: Mapping[str, str] = os.environ) -> frozenset[str]:
+    """The methods named by ``HANGUP_CANCEL_METHODS`` when it is set, else the default."""
+    text = environ.get(ENV_VAR)
+    if text is None:
+        return DEFAULT_CANCEL_METHODS
+    try:
+        return parse_cancel_methods(text)
+    except ValueError as exc:
+        raise ValueError(f"{ENV_VAR}: {exc}") from None
+
+
+def should_cancel(method: str, cancel_methods: frozenset[str]) -> bool:
+    """Whether a request with ``method`` is cancelled when its client hangs up."""
+    return ALL_METHODS in cancel_methods or method in cancel_methods
+
+
+def describe(cancel_methods: frozenset[str]) -> str:
+    """The policy as an operator writes it, for log lines: ``GET,HEAD,OPTIONS,TRACE`` or ``*``."""
+    return ",".join(sorted(cancel_methods))

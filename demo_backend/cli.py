@@ -1,0 +1,186 @@
+"""``hangup-demo-backend``: the demo app on uvicorn with the cancelling protocol.
+
+Flags are validated before anything starts; a bad one ends in one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NoReturn, cast
+
+import uvicorn
+
+from demo_backend.app import create_app
+from demo_backend.cancel_methods import (
+    ENV_VAR,
+    cancel_methods_from_env,
+    describe,
+    parse_cancel_methods,
+)
+from demo_backend.server import BackendServer
+from proxy.logs import LOG_FORMATS, LogFormat, configure_logging
+
+if TYPE_CHECKING:
+    from demo_backend.protocol import HttpImplementation
+
+PROG = "hangup-demo-backend"
+HTTP_IMPLEMENTATIONS = ("h11", "httptools")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+USAGE_ERROR = 2
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Everything the backend needs, validated."""
+
+    host: str
+    """Address to bind. Default 127.0.0.1 (loopback: the proxy is the only intended client)."""
+    port: int
+    """TCP port. Default 8000; 0 picks a free port, reported in the ``backend_listening`` line."""
+    http: HttpImplementation
+    """uvicorn HTTP implementation, ``h11`` or ``httptools``. Default httptools when installed."""
+    cancel_methods: frozenset[str]
+    """Methods cancelled on hang-up (``*`` = all). Default GET,HEAD,OPTIONS,TRACE."""
+    limit_concurrency: int | None
+    """uvicorn's limit on connections and on tasks; beyond it, 503. Default None: no limit."""
+    timeout_graceful_shutdown: int | None
+    """Seconds running requests get at shutdown before being cancelled. Default None: no limit."""
+    log_format: LogFormat
+    """``json`` (default: one JSON object per line) or ``console``."""
+    log_level: str
+    """Minimum level logged. Default info."""
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse prints the whole usage block on error; an operator needs the line that matters."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port between 0 and 65535, got {text!r}")
+    return value
+
+
+def _cancel_methods(text: str) -> frozenset[str]:
+    try:
+        return parse_cancel_methods(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def default_http() -> str:
+    return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog=PROG,
+        description="The hangup demo backend: slow endpoints on uvicorn, cancelled on hang-up.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=_port, default=8000, help="port; 0 = any free port")
+    parser.add_argument(
+        "--http",
+        choices=HTTP_IMPLEMENTATIONS,
+        default=default_http(),
+        help="uvicorn HTTP implementation (default httptools when installed)",
+    )
+    parser.add_argument(
+        "--cancel-methods",
+        type=_cancel_methods,
+        default=None,
+        metavar="LIST",
+        help=f"comma-separated methods cancelled on hang-up, or '*' (env {ENV_VAR}; "
+        "default GET,HEAD,OPTIONS,TRACE)",
+    )
+    parser.add_argument("--limit-concurrency", type=_positive_int, default=None, metavar="N")
+    parser.add_argument(
+        "--timeout-graceful-shutdown",
+        type=_non_negative_int,
+        default=None,
+        metavar="S",
+        help="seconds to let running requests finish at shutdown (default: wait for them)",
+    )
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="json")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    return parser
+
+
+def parse_options(argv: list[str] | None) -> BackendOptions:
+    """Flags (then ``HANGUP_CANCEL_METHODS``) to options; exits 2 with one line when invalid."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Checked even when --cancel-methods overrides it: demo_backend.protocol reads the variable at
+    # import, and a bad value must surface here as one line rather than as a traceback later.
+    try:
+        env_cancel_methods = cancel_methods_from_env()
+    except ValueError as exc:
+        parser.error(str(exc))
+    return BackendOptions(
+        host=args.host,
+        port=args.port,
+        http=cast("HttpImplementation", args.http),
+        cancel_methods=(env_cancel_methods if args.cancel_methods is None else args.cancel_methods),
+        limit_concurrency=args.limit_concurrency,
+        timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+        log_format=cast("LogFormat", args.log_format),
+        log_level=args.log_level,
+    )
+
+
+def run(options: BackendOptions) -> None:
+    # Imported only after parse_options: demo_backend.protocol reads HANGUP_CANCEL_METHODS at
+    # import time (so that plain `uvicorn --http demo_backend.protocol:...` is configured by the
+    # environment), and a bad value must reach the operator as one line, not an import traceback.
+    from demo_backend.protocol import cancelling_protocol  # noqa: PLC0415
+
+    configure_logging(options.log_format, options.log_level)
+    config = uvicorn.Config(
+        create_app(),
+        host=options.host,
+        port=options.port,
+        http=cancelling_protocol(options.http, options.cancel_methods),
+        limit_concurrency=options.limit_concurrency,
+        timeout_graceful_shutdown=options.timeout_graceful_shutdown,
+        # Our configure_logging owns the handlers; uvicorn's access line would duplicate the
+        # app's own events in another format. Order matters: configure_logging first, because
+        # access_log=False is what detaches uvicorn.access from the root handler.
+        log_config=None,
+        access_log=False,
+        log_level=options.log_level,
+    )
+    server = BackendServer(
+        config, http=options.http, cancel_methods=describe(options.cancel_methods)
+    )
+    server.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_options(argv)
+    run(options)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
