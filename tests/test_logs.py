@@ -1,0 +1,58 @@
+"""One pipeline: our events and aiohttp's/uvicorn's stdlib records render alike.
+
+Each case runs in a fresh interpreter: structlog caches configured loggers on first use, so
+reconfiguring inside the test process would detach the other tests' log capture.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = """
+import logging, sys, structlog
+from proxy.logs import configure_logging
+configure_logging(sys.argv[1], sys.argv[2])
+structlog.get_logger("hangup.test").info("request", status=499, outcome="client_hangup")
+structlog.get_logger("hangup.test").debug("debug_event")
+logging.getLogger("aiohttp.server").error("Error handling request from %s", "127.0.0.1")
+logging.getLogger("uvicorn.error").debug("uvicorn debug")
+"""
+
+
+def run_logging(log_format: str, level: str) -> list[str]:
+    finished = subprocess.run(
+        [sys.executable, "-c", SCRIPT, log_format, level],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert finished.stderr == ""
+    return finished.stdout.splitlines()
+
+
+def test_structlog_events_and_aiohttp_records_are_both_json_lines() -> None:
+    ours, theirs = (json.loads(line) for line in run_logging("json", "info"))
+
+    assert (ours["event"], ours["level"], ours["status"]) == ("request", "info", 499)
+    assert theirs["event"] == "Error handling request from 127.0.0.1"
+    assert (theirs["level"], theirs["logger"]) == ("error", "aiohttp.server")
+    assert set(ours) >= {"timestamp", "level", "event"}
+    assert set(theirs) >= {"timestamp", "level", "event"}
+
+
+@pytest.mark.parametrize(("level", "count"), [("debug", 4), ("info", 2), ("error", 1)])
+def test_level_filters_both_pipelines(level: str, count: int) -> None:
+    assert len(run_logging("json", level)) == count
+
+
+def test_console_format_is_one_readable_line_per_event() -> None:
+    lines = run_logging("console", "info")
+    assert len(lines) == 2
+    assert "request" in lines[0]
+    assert "status=499" in lines[0]
+    assert "Error handling request from 127.0.0.1" in lines[1]
