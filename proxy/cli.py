@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from proxy.config import (
     ProxyConfig,
+    parse_bool,
     parse_count,
     parse_host_port,
     parse_seconds,
@@ -23,7 +24,7 @@ from proxy.config import (
 )
 from proxy.logs import LOG_FORMATS, configure_logging
 from proxy.policy import parse_cancel_methods
-from proxy.server import run
+from proxy.server import ListenError, run
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -45,6 +46,10 @@ class Option:
     parse: Callable[[str], Any]
     default: str | None
     help: str
+    required: bool = False
+    """With no flag, no variable and no default: an error (else the config's own default)."""
+    switch: bool = False
+    """The flag alone means ``true`` (``--flag false`` and the variable still work)."""
 
     @property
     def env(self) -> str:
@@ -65,6 +70,7 @@ OPTIONS = (
         parse_upstream,
         None,
         "http://HOST:PORT of the one backend every request is forwarded to (required)",
+        required=True,
     ),
     Option(
         "--cancel-methods",
@@ -112,12 +118,29 @@ OPTIONS = (
         "seconds an idle client keep-alive connection stays open",
     ),
     Option(
-        "--shutdown-timeout",
-        "shutdown_timeout",
+        "--drain-timeout",
+        "drain_timeout",
         parse_seconds,
         "25",
-        "on SIGTERM/SIGINT, seconds in-flight requests get to finish (a second signal exits "
-        "at once)",
+        "on SIGTERM/SIGINT: stop accepting, close idle connections, give in-flight requests this "
+        "many seconds, then exit 0 (a second signal exits at once with status 1)",
+    ),
+    Option(
+        "--admin",
+        "admin",
+        parse_host_port,
+        None,
+        "HOST:PORT of the admin listener (/healthz, /livez, /readyz, /metrics), separate from "
+        "client traffic; off unless given (port 0: any free port, logged at start)",
+    ),
+    Option(
+        "--ready-check-upstream",
+        "ready_check_upstream",
+        parse_bool,
+        "false",
+        "also answer /readyz 503 while the upstream refuses TCP connections (never a start-up "
+        "check)",
+        switch=True,
     ),
     Option(
         "--log-format",
@@ -153,12 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for option in OPTIONS:
         default = "" if option.default is None else f"; default {option.default}"
+        switch: dict[str, Any] = {"nargs": "?", "const": "true"} if option.switch else {}
         parser.add_argument(
             option.flag,
             dest=option.field,
             metavar=option.flag.removeprefix("--").upper().replace("-", "_"),
             default=None,
             help=f"{option.help} [env {option.env}{default}]",
+            **switch,
         )
     return parser
 
@@ -180,7 +205,9 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> ProxyConfig
         if raw is None:
             raw = option.default
         if raw is None:
-            parser.error(f"{option.flag} is required (or set {option.env})")
+            if option.required:
+                parser.error(f"{option.flag} is required (or set {option.env})")
+            continue
         try:
             values[option.field] = option.parse(raw)
         except ValueError as exc:
@@ -193,8 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(config.log_format, config.log_level)
     try:
         run(config)
-    except OSError as exc:
-        # Typically the listen address is taken or not ours: say so in one line.
-        sys.stderr.write(f"hangup-proxy: error: cannot listen on {config.listen}: {exc}\n")
+    except ListenError as exc:
+        # Typically the address is taken or not ours: say so in one line.
+        sys.stderr.write(f"hangup-proxy: error: {exc}\n")
         return 1
     return 0

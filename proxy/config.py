@@ -85,6 +85,19 @@ def parse_seconds(text: str) -> float:
     return seconds
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"expected one of {', '.join(_TRUE + _FALSE)}, got {text!r}")
+
+
 def parse_count(text: str) -> int:
     stripped = text.strip()
     if not (stripped.isascii() and stripped.isdigit()) or int(stripped) < 1:
@@ -124,8 +137,18 @@ class ProxyConfig:
     client_keepalive_timeout: float = 75.0
     """Seconds an idle client keep-alive connection is kept open (nginx and aiohttp use 75)."""
 
-    shutdown_timeout: float = 25.0
-    """On SIGTERM/SIGINT: seconds in-flight requests are given to finish before they are cut."""
+    drain_timeout: float = 25.0
+    """On SIGTERM/SIGINT: seconds in-flight requests (and writes carried to the end) are given to
+    finish before they are cut. Just under the 30 s grace period Kubernetes and compose setups
+    usually give, so the process exits 0 on its own before it is killed."""
+
+    admin: HostPort | None = None
+    """Where the admin listener serves /healthz, /livez, /readyz and /metrics, separately from
+    client traffic. Default None: no admin listener. Port 0 picks a free port (logged)."""
+
+    ready_check_upstream: bool = False
+    """When True, /readyz also answers 503 while the upstream refuses TCP connections. Never a
+    start-up condition: in a Kubernetes native sidecar the app starts only after the proxy."""
 
     log_format: LogFormat = "json"
     """``json`` (one object per line, for machines) or ``console`` (for people)."""

@@ -30,6 +30,8 @@ class Outcome(enum.StrEnum):
     """The upstream was silent past ``--upstream-timeout``: 504 (or a cut connection)."""
     CLIENT_ERROR = "client_error"
     """The client sent something we would not forward (a broken body, an unknown Expect)."""
+    DRAIN_TIMEOUT = "drain_timeout"
+    """Still running when ``--drain-timeout`` ran out at shutdown: the proxy cut it."""
 
 
 class Phase(enum.StrEnum):
@@ -41,6 +43,10 @@ class Phase(enum.StrEnum):
     REQUEST_BODY = "request_body"
     AWAITING_UPSTREAM_HEADERS = "awaiting_upstream_headers"
     STREAMING_RESPONSE = "streaming_response"
+
+
+# Outcomes an operator should look at; a hang-up is an expected outcome and stays at info.
+_WARNING_OUTCOMES = (Outcome.UPSTREAM_ERROR, Outcome.UPSTREAM_TIMEOUT, Outcome.DRAIN_TIMEOUT)
 
 
 @dataclass(slots=True)
@@ -59,6 +65,10 @@ class Exchange:
     """True when the proxy closed the upstream connection because the client hung up."""
     reason: str | None = None
     client_gone: bool = False
+    client_left_at: float | None = None
+    """``perf_counter`` when the proxy learned that the client left (the first ``hung_up``)."""
+    upstream_closed_at: float | None = None
+    """``perf_counter`` when the proxy closed the upstream connection because of that."""
 
     def finish(self, outcome: Outcome, status: int, reason: str | None = None) -> None:
         """Record how the exchange ended; the first call wins (later paths only clean up)."""
@@ -69,7 +79,20 @@ class Exchange:
 
     def hung_up(self) -> None:
         self.client_gone = True
+        if self.client_left_at is None:
+            self.client_left_at = time.perf_counter()
         self.finish(Outcome.CLIENT_HANGUP, STATUS_CLIENT_CLOSED)
+
+    def closed_upstream(self) -> None:
+        """The upstream connection was closed because the client left (after ``hung_up``)."""
+        self.upstream_closed = True
+        self.upstream_closed_at = time.perf_counter()
+
+    def cancel_propagation(self) -> float | None:
+        """Seconds from the client leaving to the upstream connection closing, if both happened."""
+        if self.client_left_at is None or self.upstream_closed_at is None:
+            return None
+        return self.upstream_closed_at - self.client_left_at
 
     def write_log_line(self) -> None:
         """The canonical line: one per request, at info level, never with a traceback."""
@@ -90,7 +113,7 @@ class Exchange:
             fields["upstream_closed"] = self.upstream_closed
         if self.reason is not None:
             fields["reason"] = self.reason
-        if self.outcome in (Outcome.UPSTREAM_ERROR, Outcome.UPSTREAM_TIMEOUT):
+        if self.outcome in _WARNING_OUTCOMES:
             log.warning("request", **fields)
         else:
             log.info("request", **fields)

@@ -47,6 +47,7 @@ from proxy.headers import (
     request_id_from,
     upstream_request_headers,
 )
+from proxy.metrics import ProxyMetrics
 from proxy.policy import CancelPolicy
 from proxy.response import ForwardedResponse, must_be_empty
 
@@ -60,10 +61,14 @@ class ClientBodyError(Exception):
 class Forwarder:
     """The request handler: ``await forwarder.handle(request)`` for every client request."""
 
-    def __init__(self, config: ProxyConfig, session: ClientSession) -> None:
+    def __init__(self, config: ProxyConfig, session: ClientSession, metrics: ProxyMetrics) -> None:
         self._origin = config.upstream.origin
         self._policy: CancelPolicy = config.cancel_policy
         self._session = session
+        self._metrics = metrics
+        # Set by the server when the drain timeout runs out: from then on a cancellation is the
+        # proxy cutting the exchange, not the client leaving.
+        self.cut_off = False
         # Exchanges carried to the end after their client left; kept so they are not
         # garbage-collected mid-flight (RUF006) and so shutdown can wait for them.
         self.detached: set[asyncio.Task[web.StreamResponse]] = set()
@@ -86,6 +91,7 @@ class Forwarder:
     async def _exchange(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
         structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
         upstream: ClientResponse | None = None
+        self._metrics.started()
         try:
             expectation = expects_continue(request.headers.getall("Expect", []))
             if expectation is False:
@@ -95,14 +101,7 @@ class Forwarder:
             exchange.upstream_status = upstream.status
             return await self._relay_response(request, exchange, upstream)
         except asyncio.CancelledError:
-            if request.transport is None:
-                # aiohttp cancelled us because the client's connection is gone.
-                exchange.hung_up()
-                # Cancelled before the headers came, aiohttp's client closes the connection
-                # itself; after that, close() (never release()) keeps it out of the pool.
-                if upstream is not None:
-                    upstream.close()
-                exchange.upstream_closed = True
+            self._cancelled(request, exchange, upstream)
             raise
         except ClientBodyError:
             if request.transport is None or exchange.client_gone:
@@ -125,6 +124,22 @@ class Forwarder:
             if upstream is not None and exchange.outcome is not Outcome.COMPLETED:
                 upstream.close()
             exchange.write_log_line()
+            self._metrics.finished(exchange)
+
+    def _cancelled(
+        self, request: web.BaseRequest, exchange: Exchange, upstream: ClientResponse | None
+    ) -> None:
+        """Record why the exchange was cancelled and make sure its upstream socket is closed."""
+        if self.cut_off:
+            exchange.finish(Outcome.DRAIN_TIMEOUT, 503, "drain_timeout")
+        elif request.transport is None:
+            # aiohttp cancelled us because the client's connection is gone.
+            exchange.hung_up()
+            # Cancelled before the headers came, aiohttp's client closes the connection
+            # itself; after that, close() (never release()) keeps it out of the pool.
+            if upstream is not None:
+                upstream.close()
+            exchange.closed_upstream()
 
     async def _send_upstream(
         self, request: web.BaseRequest, exchange: Exchange, *, send_continue: bool | None

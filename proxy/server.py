@@ -3,12 +3,17 @@
 ``build_server`` is the one place the aiohttp server is configured, so that the entry point and
 the tests run the same thing. It must turn ``handler_cancellation`` on: aiohttp's own test server
 always does (cancellation-facts §3), so only a test of *this* function proves production does.
+
+The admin listener (``proxy.admin``) is a runner and site of its own, started after the client
+listener and stopped after the drain. ``RunningProxy.stop`` is the drain: the one shutdown path
+for signals and tests alike.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,11 +21,16 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import ClientSession, web
 
+from proxy.admin import Readiness, start_admin
 from proxy.config import HostPort, ProxyConfig
 from proxy.forward import Forwarder
+from proxy.metrics import ProxyMetrics
 from proxy.upstream import open_upstream_session
 
 log = structlog.get_logger("hangup.proxy")
+
+CUT_GRACE = 0.1
+"""Seconds exchanges still running when the drain timeout ran out get to unwind once cancelled."""
 
 
 def build_server(forwarder: Forwarder, config: ProxyConfig) -> web.Server:
@@ -38,48 +48,106 @@ def build_server(forwarder: Forwarder, config: ProxyConfig) -> web.Server:
     )
 
 
+class ListenError(Exception):
+    """A listener could not be bound: the address is taken or not this machine's."""
+
+    def __init__(self, address: HostPort, cause: OSError) -> None:
+        super().__init__(f"cannot listen on {address}: {cause}")
+        self.address = address
+
+
 @dataclass
 class RunningProxy:
-    """A started proxy: where it listens, and how to stop it."""
+    """A started proxy: where it listens, its admin listener and metrics, and how to stop it."""
 
     runner: web.ServerRunner
     session: ClientSession
     forwarder: Forwarder
     address: HostPort
+    metrics: ProxyMetrics
+    readiness: Readiness
+    admin_runner: web.AppRunner | None = None
+    admin_address: HostPort | None = None
 
     async def stop(self, drain_seconds: float) -> None:
-        """Stop accepting, give in-flight and detached exchanges ``drain_seconds``, then close."""
+        """Drain, then close; the drain is bounded by ``drain_seconds`` (plus ``CUT_GRACE``).
+
+        1. /readyz answers 503 from now on.
+        2. The listening socket closes: new connections are refused.
+        3. Idle keep-alive connections are closed; busy ones close after their response.
+        4. In-flight requests, and writes carried to the end after their client left, run to
+           their end until the deadline.
+        5. Past it, what is left is cut (logged as ``drain_timeout``).
+        6. The upstream session closes, then the admin listener (so probes see 503, not a
+           refusal, for the whole drain).
+        """
+        self.readiness.draining = True
+        deadline = asyncio.get_running_loop().time() + drain_seconds
         server = self.runner.server
         if server is not None:
-            # Stop listening first, so no new connection is accepted while we drain.
             for site in list(self.runner.sites):
                 await site.stop()
-        detached = set(self.forwarder.detached)
-        if detached:
+            server.pre_shutdown()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(drain_seconds):
-                    await asyncio.wait(detached)
+                async with asyncio.timeout_at(deadline):
+                    # No timeout of aiohttp's own: it would wait twice (before and after
+                    # cancelling) and take the request for a hang-up (cancellation-facts §3).
+                    await server.shutdown(None)
+                    await _wait_all(self.forwarder.detached)
+        # From here on a cancelled exchange was cut by the drain, not left by its client.
+        self.forwarder.cut_off = True
+        for task in list(self.forwarder.detached):
+            task.cancel()
+        # The runner's own shutdown_timeout (CUT_GRACE) is all the cut exchanges get to unwind.
         await self.runner.cleanup()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CUT_GRACE):
+                await _wait_all(self.forwarder.detached)
         await self.session.close()
+        if self.admin_runner is not None:
+            await self.admin_runner.cleanup()
+
+
+async def _wait_all(tasks: set[asyncio.Task[web.StreamResponse]]) -> None:
+    if tasks:
+        await asyncio.wait(set(tasks))
 
 
 async def start_proxy(config: ProxyConfig) -> RunningProxy:
+    metrics = ProxyMetrics()
+    readiness = Readiness(config.upstream, check_upstream=config.ready_check_upstream)
     session = open_upstream_session(config)
-    forwarder = Forwarder(config, session)
-    runner = web.ServerRunner(
-        build_server(forwarder, config), shutdown_timeout=config.shutdown_timeout
-    )
+    forwarder = Forwarder(config, session, metrics)
+    runner = web.ServerRunner(build_server(forwarder, config), shutdown_timeout=CUT_GRACE)
+    admin_runner: web.AppRunner | None = None
+    admin_address: HostPort | None = None
     try:
         await runner.setup()
-        site = web.TCPSite(runner, config.listen.host, config.listen.port)
-        await site.start()
+        try:
+            await web.TCPSite(runner, config.listen.host, config.listen.port).start()
+        except OSError as exc:
+            raise ListenError(config.listen, exc) from exc
+        if config.admin is not None:
+            try:
+                admin_runner, admin_address = await start_admin(config.admin, readiness, metrics)
+            except OSError as exc:
+                raise ListenError(config.admin, exc) from exc
     except BaseException:
-        # Typically the address is taken: undo what was opened so nothing is reported unclosed.
+        # Typically an address is taken: undo what was opened so nothing is reported unclosed.
         await runner.cleanup()
         await session.close()
         raise
     host, port = runner.addresses[0][:2]
-    return RunningProxy(runner, session, forwarder, HostPort(host, port))
+    return RunningProxy(
+        runner,
+        session,
+        forwarder,
+        HostPort(host, port),
+        metrics,
+        readiness,
+        admin_runner,
+        admin_address,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -88,16 +156,20 @@ async def running_proxy(config: ProxyConfig) -> AsyncIterator[RunningProxy]:
     try:
         yield proxy
     finally:
-        await proxy.stop(config.shutdown_timeout)
+        await proxy.stop(config.drain_timeout)
 
 
 async def serve(config: ProxyConfig) -> None:
-    """Run until SIGTERM or SIGINT, then stop gracefully; a second signal stops at once."""
+    """Run until SIGTERM or SIGINT, then drain and return; a second signal exits at once."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _on_signal, stop, signum)
     async with running_proxy(config) as proxy:
+        if proxy.admin_address is not None:
+            log.info(
+                "admin_listening", host=proxy.admin_address.host, port=proxy.admin_address.port
+            )
         log.info(
             "proxy_listening",
             host=proxy.address.host,
@@ -106,14 +178,16 @@ async def serve(config: ProxyConfig) -> None:
             cancel_methods=config.cancel_policy.describe(),
         )
         await stop.wait()
-        log.info("proxy_stopping", timeout=config.shutdown_timeout)
+        log.info("proxy_draining", timeout=config.drain_timeout)
     log.info("proxy_stopped")
 
 
 def _on_signal(stop: asyncio.Event, signum: int) -> None:
     if stop.is_set():
         log.warning("proxy_exit_now", signal=signal.Signals(signum).name)
-        raise SystemExit(1)
+        # At once means at once: no unwinding of tasks that are still draining. The log line is
+        # already written (structlog's WriteLogger flushes every line).
+        os._exit(1)
     log.info("signal_received", signal=signal.Signals(signum).name)
     stop.set()
 

@@ -35,7 +35,7 @@ def proxy_config() -> Callable[..., ProxyConfig]:
         base = ProxyConfig(
             upstream=parse_upstream(upstream_url),
             listen=HostPort(LOOPBACK, 0),
-            shutdown_timeout=5.0,
+            drain_timeout=5.0,
         )
         return dataclasses.replace(base, **overrides)
 

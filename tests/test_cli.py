@@ -120,14 +120,34 @@ ROWS = [
         20.0,
     ),
     Row(
-        "--shutdown-timeout",
-        "HANGUP_SHUTDOWN_TIMEOUT",
-        "shutdown_timeout",
+        "--drain-timeout",
+        "HANGUP_DRAIN_TIMEOUT",
+        "drain_timeout",
         "25",
         "1",
         1.0,
         "2",
         2.0,
+    ),
+    Row(
+        "--admin",
+        "HANGUP_ADMIN",
+        "admin",
+        None,
+        "127.0.0.1:9101",
+        HostPort(LOOPBACK, 9101),
+        "0.0.0.0:9102",
+        HostPort("0.0.0.0", 9102),
+    ),
+    Row(
+        "--ready-check-upstream",
+        "HANGUP_READY_CHECK_UPSTREAM",
+        "ready_check_upstream",
+        "false",
+        "false",
+        False,
+        "yes",
+        True,
     ),
     Row(
         "--log-format",
@@ -185,6 +205,19 @@ def test_defaults_are_the_config_dataclass_defaults() -> None:
     assert config == ProxyConfig(upstream=parse_upstream(UPSTREAM))
     assert config.listen == HostPort(LOOPBACK, 8080)
     assert config.cancel_policy == CancelPolicy(frozenset({"GET", "HEAD", "OPTIONS", "TRACE"}))
+
+
+def test_admin_listener_is_off_and_upstream_not_probed_by_default() -> None:
+    config = parse_config(["--upstream", UPSTREAM], {})
+
+    assert config.admin is None
+    assert config.ready_check_upstream is False
+
+
+def test_ready_check_upstream_alone_switches_the_check_on() -> None:
+    config = parse_config(["--ready-check-upstream", "--upstream", UPSTREAM], {})
+
+    assert config.ready_check_upstream is True
 
 
 def test_unrelated_environment_variables_are_ignored() -> None:
@@ -251,10 +284,17 @@ def test_missing_upstream_is_one_line_and_exit_status_2(capsys: pytest.CaptureFi
             id="client-keepalive",
         ),
         pytest.param(
-            ["--shutdown-timeout", "nan"],
+            ["--drain-timeout", "nan"],
             {},
-            "--shutdown-timeout: expected a positive",
-            id="shutdown",
+            "--drain-timeout: expected a positive",
+            id="drain",
+        ),
+        pytest.param(["--admin", "9100"], {}, "--admin: expected HOST:PORT", id="admin"),
+        pytest.param(
+            ["--ready-check-upstream", "maybe"],
+            {},
+            "--ready-check-upstream: expected one of 1, true",
+            id="ready-check-upstream",
         ),
         pytest.param(
             ["--log-format", "xml"], {}, "--log-format: expected one of json, console", id="format"

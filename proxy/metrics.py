@@ -1,0 +1,134 @@
+"""The proxy's Prometheus metrics: one private registry per proxy, filled once per exchange.
+
+Each running proxy owns a ``CollectorRegistry`` of its own (never the process-global default), so
+several proxies in one process (the tests) keep separate counts. The hot path does a handful of
+increments: ``started`` when an exchange begins and ``finished`` at the one place every exchange
+ends, next to its canonical log line. Names follow Prometheus conventions (cancellation-facts §7):
+the ``hangup_`` prefix, base units (seconds), ``_total`` counters, and only small fixed label sets,
+never a path or an id.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from proxy.exchange import Exchange, Outcome, Phase
+
+# A hang-up travels from the handler's cancellation to a closed socket within one loop turn or a
+# few: sub-millisecond buckets, with a tail for a loop that is busy.
+CANCEL_PROPAGATION_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)  # fmt: skip
+REQUEST_DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
+
+ABORTED = "aborted"
+"""The ``outcome`` label of an exchange that ended with no recorded outcome: the proxy itself cut
+it, e.g. when the drain timeout ran out at shutdown."""
+
+UPSTREAM_CONNECT_FAILED = "upstream_connect_failed"
+REJECTION_REASONS = ("unsupported_expectation", "bad_request_body")
+"""Why the proxy refused to forward a request (``Outcome.CLIENT_ERROR`` reasons)."""
+OTHER = "other"
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("hangup")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a bare checkout
+        return "unknown"
+
+
+class ProxyMetrics:
+    """Every metric of one proxy, in its own ``registry``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        requests = Counter(
+            "hangup_requests",
+            "Requests that ended, by outcome (completed, client_hangup, upstream_error, "
+            "upstream_timeout, client_error, aborted).",
+            ["outcome"],
+            registry=registry,
+        )
+        disconnects = Counter(
+            "hangup_client_disconnects",
+            "Clients that hung up before their answer was complete, by where the exchange was.",
+            ["phase"],
+            registry=registry,
+        )
+        self.upstream_cancellations = Counter(
+            "hangup_upstream_cancellations",
+            "Upstream connections the proxy closed because their client hung up.",
+            registry=registry,
+        )
+        self.cancel_propagation = Histogram(
+            "hangup_cancel_propagation_seconds",
+            "From the proxy learning that the client left to the upstream connection being closed.",
+            buckets=CANCEL_PROPAGATION_BUCKETS,
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "hangup_request_duration_seconds",
+            "From a request's arrival to the end of its exchange, whatever the outcome.",
+            buckets=REQUEST_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.active_requests = Gauge(
+            "hangup_active_requests",
+            "Exchanges in progress, including writes carried to the end after a hang-up.",
+            registry=registry,
+        )
+        self.upstream_connect_errors = Counter(
+            "hangup_upstream_connect_errors",
+            "Requests answered 502 because the upstream refused or did not accept a connection.",
+            registry=registry,
+        )
+        self.upstream_timeouts = Counter(
+            "hangup_upstream_timeouts",
+            "Requests whose upstream was silent past --upstream-timeout.",
+            registry=registry,
+        )
+        rejected = Counter(
+            "hangup_rejected_requests",
+            "Requests the proxy refused to forward, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        Info("hangup_build", "The running hangup build.", registry=registry).info(
+            {"version": _version(), "python": platform.python_version()}
+        )
+        # Children made up front: every label value is exported from the start (as 0), and the
+        # hot path does a dict look-up instead of ``labels()``.
+        self._requests = {name: requests.labels(name) for name in [*Outcome, ABORTED]}
+        self._disconnects = {phase: disconnects.labels(phase) for phase in Phase}
+        self._rejected = {reason: rejected.labels(reason) for reason in [*REJECTION_REASONS, OTHER]}
+
+    def started(self) -> None:
+        self.active_requests.inc()
+
+    def finished(self, exchange: Exchange) -> None:
+        """Record one ended exchange; called exactly once per exchange, after ``started``."""
+        self.active_requests.dec()
+        self.request_duration.observe(time.perf_counter() - exchange.started)
+        outcome = exchange.outcome
+        self._requests[ABORTED if outcome is None else outcome].inc()
+        if outcome is Outcome.CLIENT_HANGUP:
+            self._disconnects[exchange.phase].inc()
+            if exchange.upstream_closed:
+                self.upstream_cancellations.inc()
+                propagation = exchange.cancel_propagation()
+                if propagation is not None:
+                    self.cancel_propagation.observe(propagation)
+        elif outcome is Outcome.UPSTREAM_TIMEOUT:
+            self.upstream_timeouts.inc()
+        elif outcome is Outcome.UPSTREAM_ERROR and exchange.reason == UPSTREAM_CONNECT_FAILED:
+            self.upstream_connect_errors.inc()
+        elif outcome is Outcome.CLIENT_ERROR:
+            self._rejected.get(exchange.reason or OTHER, self._rejected[OTHER]).inc()

@@ -1,0 +1,210 @@
+"""/metrics: counters move with real exchanges, hang-ups above all, parsed as Prometheus does."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from proxy.config import HostPort
+from proxy.metrics import ABORTED, CANCEL_PROPAGATION_BUCKETS, REJECTION_REASONS
+from proxy.server import RunningProxy
+from tests.admin_support import Scrape, scrape
+from tests.conftest import ProxyFactory
+from tests.raw_upstream import RawUpstream, ReceivedRequest, UpstreamConnection, response_bytes
+from tests.support import LOOPBACK, WAIT, RawConnection, request_bytes, watch_logs
+
+OUTCOMES = ("completed", "client_hangup", "upstream_error", "upstream_timeout", "client_error")
+PHASES = ("request_body", "awaiting_upstream_headers", "streaming_response")
+
+
+class HeldAnswer:
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def __call__(self, request: ReceivedRequest, connection: UpstreamConnection) -> bytes:
+        await self.release.wait()
+        return response_bytes(200, b"late")
+
+
+@pytest.fixture
+def with_admin(start_proxy: ProxyFactory) -> Callable[..., Any]:
+    @asynccontextmanager
+    async def start(upstream_url: str, **overrides: Any) -> AsyncIterator[tuple[RunningProxy, int]]:
+        async with start_proxy(upstream_url, admin=HostPort(LOOPBACK, 0), **overrides) as proxy:
+            assert proxy.admin_address is not None
+            yield proxy, proxy.admin_address.port
+
+    return start
+
+
+async def test_every_metric_is_exported_with_its_label_values_before_any_request(
+    upstream: RawUpstream, with_admin: Callable[..., Any]
+) -> None:
+    async with with_admin(upstream.url) as (_, admin_port):
+        metrics = await scrape(admin_port)
+
+    for outcome in (*OUTCOMES, ABORTED):
+        assert metrics.value("hangup_requests_total", outcome=outcome) == 0
+    for phase in PHASES:
+        assert metrics.value("hangup_client_disconnects_total", phase=phase) == 0
+    for reason in REJECTION_REASONS:
+        assert metrics.value("hangup_rejected_requests_total", reason=reason) == 0
+    for name in (
+        "hangup_upstream_cancellations_total",
+        "hangup_upstream_connect_errors_total",
+        "hangup_upstream_timeouts_total",
+        "hangup_active_requests",
+        "hangup_cancel_propagation_seconds_count",
+        "hangup_request_duration_seconds_count",
+    ):
+        assert metrics.value(name) == 0, name
+    [build] = metrics.labels("hangup_build_info")
+    assert set(build) == {"version", "python"}
+    assert all(name.startswith("hangup_") for name in metrics.families)
+    assert upstream.connections == []  # a scrape never touches the backend
+
+
+async def test_a_hang_up_awaiting_headers_moves_the_cancel_counters(
+    upstream: RawUpstream, with_admin: Callable[..., Any]
+) -> None:
+    held = HeldAnswer()
+    upstream.answer = held
+    async with with_admin(upstream.url) as (proxy, admin_port):
+        client = await RawConnection.open(proxy.address.port)
+        with watch_logs() as logs:
+            await client.send(request_bytes("GET", "/slow"))
+            await upstream.wait_requests(1)
+            during = await scrape(admin_port)
+            client.hang_up("fin")
+            async with asyncio.timeout(WAIT):
+                await upstream.connections[0].closed.wait()
+            await logs.wait_for("request")
+        after = await scrape(admin_port)
+
+    assert during.value("hangup_active_requests") == 1
+    assert after.value("hangup_active_requests") == 0
+    assert after.value("hangup_requests_total", outcome="client_hangup") == 1
+    assert after.value("hangup_client_disconnects_total", phase="awaiting_upstream_headers") == 1
+    assert after.value("hangup_upstream_cancellations_total") == 1
+    assert after.value("hangup_cancel_propagation_seconds_count") == 1
+    # Propagation inside the proxy is one loop turn: well under the largest bucket.
+    slowest = str(CANCEL_PROPAGATION_BUCKETS[-1])
+    assert after.value("hangup_cancel_propagation_seconds_bucket", le=slowest) == 1
+    assert after.value("hangup_request_duration_seconds_count") == 1
+
+
+async def test_a_hang_up_while_streaming_is_counted_in_its_phase(
+    upstream: RawUpstream, with_admin: Callable[..., Any]
+) -> None:
+    async def streaming(request: ReceivedRequest, connection: UpstreamConnection) -> bytes:
+        return response_bytes(200, b"", [("Transfer-Encoding", "chunked")]) + b"5\r\nfirst\r\n"
+
+    upstream.answer = streaming
+    async with with_admin(upstream.url) as (proxy, admin_port):
+        client = await RawConnection.open(proxy.address.port)
+        with watch_logs() as logs:
+            await client.send(request_bytes("GET", "/stream"))
+            async with asyncio.timeout(WAIT):
+                await client.reader.readuntil(b"first")
+            client.hang_up("rst")
+            await logs.wait_for("request")
+        metrics = await scrape(admin_port)
+
+    assert metrics.value("hangup_client_disconnects_total", phase="streaming_response") == 1
+    assert metrics.value("hangup_client_disconnects_total", phase="awaiting_upstream_headers") == 0
+    assert metrics.value("hangup_upstream_cancellations_total") == 1
+
+
+async def test_a_write_carried_to_the_end_is_a_disconnect_but_not_a_cancellation(
+    upstream: RawUpstream, with_admin: Callable[..., Any]
+) -> None:
+    held = HeldAnswer()
+    upstream.answer = held
+    async with with_admin(upstream.url) as (proxy, admin_port):
+        client = await RawConnection.open(proxy.address.port)
+        with watch_logs() as logs:
+            await client.send(request_bytes("POST", "/write", body=b"data"))
+            await upstream.wait_requests(1)
+            client.hang_up("rst")
+            held.release.set()
+            await logs.wait_for("request")
+        metrics = await scrape(admin_port)
+
+    assert metrics.value("hangup_requests_total", outcome="client_hangup") == 1
+    assert metrics.value("hangup_upstream_cancellations_total") == 0
+    assert metrics.value("hangup_cancel_propagation_seconds_count") == 0
+    assert metrics.value("hangup_active_requests") == 0
+
+
+async def completed_get(
+    port: int, target: str, headers: list[tuple[str, str]] | None = None
+) -> int:
+    client = await RawConnection.open(port)
+    await client.send(request_bytes("GET", target, headers or []))
+    response = await client.read_response()
+    await client.close()
+    return response.status
+
+
+async def test_completed_requests_and_rejections_are_counted_by_outcome_and_reason(
+    upstream: RawUpstream, with_admin: Callable[..., Any]
+) -> None:
+    async with with_admin(upstream.url) as (proxy, admin_port):
+        assert await completed_get(proxy.address.port, "/a") == 200
+        assert await completed_get(proxy.address.port, "/b") == 200
+        assert await completed_get(proxy.address.port, "/c", [("Expect", "magic")]) == 417
+        metrics = await scrape(admin_port)
+
+    assert metrics.value("hangup_requests_total", outcome="completed") == 2
+    assert metrics.value("hangup_requests_total", outcome="client_error") == 1
+    assert metrics.value("hangup_rejected_requests_total", reason="unsupported_expectation") == 1
+    assert metrics.value("hangup_request_duration_seconds_count") == 3
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_a_refused_upstream_counts_as_a_connect_error(
+    with_admin: Callable[..., Any],
+) -> None:
+    async with with_admin(f"http://{LOOPBACK}:{closed_port()}") as (proxy, admin_port):
+        assert await completed_get(proxy.address.port, "/") == 502
+        metrics = await scrape(admin_port)
+
+    assert metrics.value("hangup_upstream_connect_errors_total") == 1
+    assert metrics.value("hangup_requests_total", outcome="upstream_error") == 1
+
+
+async def test_a_silent_upstream_counts_as_a_timeout(
+    upstream: RawUpstream, with_admin: Callable[..., Any]
+) -> None:
+    upstream.answer = HeldAnswer()
+    async with with_admin(upstream.url, upstream_timeout=0.2) as (proxy, admin_port):
+        assert await completed_get(proxy.address.port, "/") == 504
+        metrics = await scrape(admin_port)
+
+    assert metrics.value("hangup_upstream_timeouts_total") == 1
+    assert metrics.value("hangup_requests_total", outcome="upstream_timeout") == 1
+
+
+async def test_two_proxies_in_one_process_keep_separate_counts(
+    upstream: RawUpstream, with_admin: Callable[..., Any]
+) -> None:
+    async with (
+        with_admin(upstream.url) as (first, first_admin),
+        with_admin(upstream.url) as (_, second_admin),
+    ):
+        assert await completed_get(first.address.port, "/") == 200
+        first_metrics: Scrape = await scrape(first_admin)
+        second_metrics: Scrape = await scrape(second_admin)
+
+    assert first_metrics.value("hangup_requests_total", outcome="completed") == 1
+    assert second_metrics.value("hangup_requests_total", outcome="completed") == 0
