@@ -19,7 +19,9 @@ from proxy.config import (
     parse_bool,
     parse_count,
     parse_host_port,
+    parse_optional_size,
     parse_seconds,
+    parse_size,
     parse_upstream,
 )
 from proxy.logs import LOG_FORMATS, configure_logging
@@ -124,6 +126,62 @@ OPTIONS = (
         "25",
         "on SIGTERM/SIGINT: stop accepting, close idle connections, give in-flight requests this "
         "many seconds, then exit 0 (a second signal exits at once with status 1)",
+    ),
+    Option(
+        "--header-timeout",
+        "header_timeout",
+        parse_seconds,
+        "15",
+        "seconds a client has to send a whole request header block; past it 408 and close",
+    ),
+    Option(
+        "--body-timeout",
+        "body_timeout",
+        parse_seconds,
+        "60",
+        "seconds a request body may stall between two reads; past it 408 and close",
+    ),
+    Option(
+        "--max-client-connections",
+        "max_client_connections",
+        parse_count,
+        "10000",
+        "most client connections at once; past it a new connection gets 503 and is closed",
+    ),
+    Option(
+        "--max-uri-size",
+        "max_uri_size",
+        parse_size,
+        "8k",
+        "longest request target (414 past it); sizes take k, m, g suffixes",
+    ),
+    Option(
+        "--max-header-size",
+        "max_header_field_size",
+        parse_size,
+        "16k",
+        "longest single header field name or value (431 past it)",
+    ),
+    Option(
+        "--max-header-block-size",
+        "max_header_block_size",
+        parse_size,
+        "64k",
+        "most bytes in all request header fields together (431 past it)",
+    ),
+    Option(
+        "--max-headers",
+        "max_headers",
+        parse_count,
+        "100",
+        "most request header fields (431 past it)",
+    ),
+    Option(
+        "--max-body-size",
+        "max_body_size",
+        parse_optional_size,
+        "off",
+        "largest request body (413 past it, also mid-stream); 'off' for no limit",
     ),
     Option(
         "--admin",

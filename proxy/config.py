@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from proxy.gate import Limits
 from proxy.logs import LogFormat
 from proxy.policy import CancelPolicy
 
@@ -98,6 +99,23 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"expected one of {', '.join(_TRUE + _FALSE)}, got {text!r}")
 
 
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """Bytes, with an optional binary suffix: ``65536``, ``64k``, ``10m``, ``1g`` (any case)."""
+    stripped = text.strip().lower().removesuffix("ib").removesuffix("b")
+    number, unit = (stripped[:-1], stripped[-1]) if stripped[-1:] in "kmg" else (stripped, "")
+    if not (number.isascii() and number.isdigit()) or int(number) < 1:
+        raise ValueError(f"expected a size in bytes such as 65536, 64k or 10m, got {text!r}")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def parse_optional_size(text: str) -> int | None:
+    """A size as in ``parse_size``, or ``off`` for no limit."""
+    return None if text.strip().lower() in ("off", "none", "0") else parse_size(text)
+
+
 def parse_count(text: str) -> int:
     stripped = text.strip()
     if not (stripped.isascii() and stripped.isdigit()) or int(stripped) < 1:
@@ -142,6 +160,32 @@ class ProxyConfig:
     finish before they are cut. Just under the 30 s grace period Kubernetes and compose setups
     usually give, so the process exits 0 on its own before it is killed."""
 
+    header_timeout: float = 15.0
+    """Seconds a client has to send a whole request header block, from connecting or from the
+    first byte of a later request on the same connection; past it, 408 and close (slowloris)."""
+
+    body_timeout: float = 60.0
+    """Seconds the request body may stall between two reads; past it, 408 and close (and, for a
+    cancellable method, the upstream connection is closed too). nginx: client_body_timeout 60 s."""
+
+    max_client_connections: int = 10000
+    """Most client connections at once; past it a new connection is answered 503 and closed."""
+
+    max_uri_size: int = 8192
+    """Longest request target, in bytes (414 past it)."""
+
+    max_header_field_size: int = 16384
+    """Longest single header field name or value, in bytes (431 past it)."""
+
+    max_header_block_size: int = 65536
+    """Most bytes in all request header fields together (431 past it)."""
+
+    max_headers: int = 100
+    """Most request header fields (431 past it)."""
+
+    max_body_size: int | None = None
+    """Largest request body, in bytes (413 past it, even mid-stream); None means no limit."""
+
     admin: HostPort | None = None
     """Where the admin listener serves /healthz, /livez, /readyz and /metrics, separately from
     client traffic. Default None: no admin listener. Port 0 picks a free port (logged)."""
@@ -155,3 +199,13 @@ class ProxyConfig:
 
     log_level: str = "info"
     """Lowest level written: debug, info, warning, error."""
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_uri_size=self.max_uri_size,
+            max_header_field_size=self.max_header_field_size,
+            max_header_block_size=self.max_header_block_size,
+            max_headers=self.max_headers,
+            max_body_size=self.max_body_size,
+        )

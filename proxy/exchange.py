@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from proxy.gate import Rejection
+
 log = structlog.get_logger("hangup.proxy")
 
 # nginx's convention for "client closed the connection before the response was complete".
@@ -65,6 +67,8 @@ class Exchange:
     """True when the proxy closed the upstream connection because the client hung up."""
     reason: str | None = None
     client_gone: bool = False
+    body_problem: Rejection | None = None
+    """Why the client's body could not be forwarded (too large, stalled, malformed), if so."""
     client_left_at: float | None = None
     """``perf_counter`` when the proxy learned that the client left (the first ``hung_up``)."""
     upstream_closed_at: float | None = None

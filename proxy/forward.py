@@ -41,6 +41,7 @@ from yarl import URL
 
 from proxy.config import ProxyConfig
 from proxy.exchange import Exchange, Outcome, Phase
+from proxy.gate import Rejection, body_too_large, check_request
 from proxy.headers import (
     downstream_response_headers,
     expects_continue,
@@ -54,8 +55,12 @@ from proxy.response import ForwardedResponse, must_be_empty
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class ClientBodyError(Exception):
-    """The client's request body could not be read: it hung up mid-upload or sent bad framing."""
+BODY_TIMEOUT = Rejection(408, "body_timeout", "the request body stalled")
+BAD_BODY = Rejection(400, "bad_request_body", "the request body could not be read")
+UPSTREAM_BUSY = Rejection(503, "upstream_connection_limit", "too many upstream requests at once")
+UNSUPPORTED_EXPECTATION = Rejection(
+    417, "unsupported_expectation", "only the 100-continue expectation is supported"
+)
 
 
 class Forwarder:
@@ -66,6 +71,10 @@ class Forwarder:
         self._policy: CancelPolicy = config.cancel_policy
         self._session = session
         self._metrics = metrics
+        self._limits = config.limits
+        self._body_timeout = config.body_timeout
+        self._upstream_slots = config.upstream_max_connections
+        self._upstream_active = 0
         # Set by the server when the drain timeout runs out: from then on a cancellation is the
         # proxy cutting the exchange, not the client leaving.
         self.cut_off = False
@@ -93,38 +102,54 @@ class Forwarder:
         upstream: ClientResponse | None = None
         self._metrics.started()
         try:
+            rejection = self._admission(request)
+            if rejection is not None:
+                return _refuse(exchange, rejection)
             expectation = expects_continue(request.headers.getall("Expect", []))
-            if expectation is False:
-                exchange.finish(Outcome.CLIENT_ERROR, 417, "unsupported_expectation")
-                return _error_response(417, "only the 100-continue expectation is supported")
-            upstream = await self._send_upstream(request, exchange, send_continue=expectation)
-            exchange.upstream_status = upstream.status
-            return await self._relay_response(request, exchange, upstream)
+            self._upstream_active += 1
+            try:
+                upstream = await self._send_upstream(request, exchange, send_continue=expectation)
+                exchange.upstream_status = upstream.status
+                return await self._relay_response(request, exchange, upstream)
+            finally:
+                self._upstream_active -= 1
         except asyncio.CancelledError:
             self._cancelled(request, exchange, upstream)
             raise
-        except ClientBodyError:
-            if request.transport is None or exchange.client_gone:
-                exchange.hung_up()
-                return _error_response(499, "client closed the connection")
-            exchange.finish(Outcome.CLIENT_ERROR, 400, "bad_request_body")
-            return _error_response(400, "the request body could not be read")
         except ConnectionResetError:
             # Writing to a client that left (its loss may not have been noticed yet).
             exchange.hung_up()
             return _error_response(499, "client closed the connection")
         except ServerTimeoutError as exc:
             return self._upstream_failed(request, exchange, exc)
-        except ClientError as exc:
+        except (ClientError, ClientBodyError) as exc:
+            # A failure while sending may be the client's body, not the upstream: aiohttp's client
+            # reports a body that failed to read as a connection error.
             if exchange.client_gone:
                 exchange.hung_up()
                 return _error_response(499, "client closed the connection")
+            if exchange.body_problem is not None:
+                return _refuse(exchange, exchange.body_problem)
             return self._upstream_failed(request, exchange, exc)
         finally:
             if upstream is not None and exchange.outcome is not Outcome.COMPLETED:
                 upstream.close()
             exchange.write_log_line()
             self._metrics.finished(exchange)
+
+    def _admission(self, request: web.BaseRequest) -> Rejection | None:
+        """Whether to refuse the request before any of it is forwarded (``proxy.gate``)."""
+        rejection = check_request(
+            request.method, request.version, request.raw_path, request.raw_headers, self._limits
+        )
+        if rejection is not None:
+            return rejection
+        if expects_continue(request.headers.getall("Expect", [])) is False:
+            return UNSUPPORTED_EXPECTATION
+        if self._upstream_active >= self._upstream_slots:
+            # Refuse at once rather than queue for a pooled connection with no bound.
+            return UPSTREAM_BUSY
+        return None
 
     def _cancelled(
         self, request: web.BaseRequest, exchange: Exchange, upstream: ClientResponse | None
@@ -162,19 +187,35 @@ class Forwarder:
     ) -> AsyncIterator[bytes]:
         """The client's body, chunk by chunk as it arrives: never buffered whole."""
         exchange.phase = Phase.REQUEST_BODY
-        try:
-            if send_continue:
-                # RFC 9110 §10.1.1: ask for the body only once the upstream is connected and
-                # ready for it, as nginx does; a refused upstream then costs no upload.
-                await request.writer.write(_CONTINUE)
-            while chunk := await request.content.readany():
-                yield chunk
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            exchange.client_gone = request.transport is None
-            raise ClientBodyError(str(exc)) from exc
+        limit = self._limits.max_body_size
+        received = 0
+        if send_continue:
+            # RFC 9110 §10.1.1: ask for the body only once the upstream is connected and ready for
+            # it, as nginx does; a refused upstream then costs no upload.
+            await request.writer.write(_CONTINUE)
+        while chunk := await self._read_body_chunk(request, exchange):
+            received += len(chunk)
+            if limit is not None and received > limit:
+                # A chunked body has no declared size: it is cut where it crosses the limit, and
+                # the upstream sees an incomplete request (aiohttp closes that socket).
+                exchange.body_problem = body_too_large(limit)
+                raise ClientBodyError(exchange.body_problem.reason)
+            yield chunk
         exchange.phase = Phase.AWAITING_UPSTREAM_HEADERS
+
+    async def _read_body_chunk(self, request: web.BaseRequest, exchange: Exchange) -> bytes:
+        """The next piece of the client's body (b"" at its end), within the body idle timeout."""
+        try:
+            async with asyncio.timeout(self._body_timeout):
+                return await request.content.readany()
+        except TimeoutError as exc:
+            exchange.body_problem = BODY_TIMEOUT
+            raise ClientBodyError(BODY_TIMEOUT.reason) from exc
+        except Exception as exc:
+            # The client left mid-upload, or its chunked framing broke.
+            exchange.client_gone = request.transport is None
+            exchange.body_problem = BAD_BODY
+            raise ClientBodyError(str(exc)) from exc
 
     async def _relay_response(
         self, request: web.BaseRequest, exchange: Exchange, upstream: ClientResponse
@@ -244,6 +285,18 @@ def _origin_form(request: web.BaseRequest) -> str:
     if target.startswith("/"):
         return target
     return request.rel_url.raw_path_qs if request.rel_url.raw_path else "/"
+
+
+class ClientBodyError(Exception):
+    """The client's request body could not be forwarded; the reason is on the exchange."""
+
+
+def _refuse(exchange: Exchange, rejection: Rejection) -> web.Response:
+    """Answer a refusal and close: an unread body must never be parsed as a next request."""
+    exchange.finish(Outcome.CLIENT_ERROR, rejection.status, rejection.reason)
+    response = web.Response(status=rejection.status, text=rejection.body)
+    response.force_close()
+    return response
 
 
 def _error_response(status: int, text: str) -> web.Response:

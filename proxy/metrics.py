@@ -95,7 +95,7 @@ class ProxyMetrics:
             "Requests whose upstream was silent past --upstream-timeout.",
             registry=registry,
         )
-        rejected = Counter(
+        self._rejected_counter = rejected = Counter(
             "hangup_rejected_requests",
             "Requests the proxy refused to forward, by reason.",
             ["reason"],
@@ -131,4 +131,11 @@ class ProxyMetrics:
         elif outcome is Outcome.UPSTREAM_ERROR and exchange.reason == UPSTREAM_CONNECT_FAILED:
             self.upstream_connect_errors.inc()
         elif outcome is Outcome.CLIENT_ERROR:
-            self._rejected.get(exchange.reason or OTHER, self._rejected[OTHER]).inc()
+            self.rejected(exchange.reason or OTHER)
+
+    def rejected(self, reason: str) -> None:
+        """Count one refusal. Reasons are the gate's own constants, so the label set is bounded."""
+        child = self._rejected.get(reason)
+        if child is None:
+            child = self._rejected[reason] = self._rejected_counter.labels(reason)
+        child.inc()

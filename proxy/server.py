@@ -24,6 +24,8 @@ from aiohttp import ClientSession, web
 from proxy.admin import Readiness, start_admin
 from proxy.config import HostPort, ProxyConfig
 from proxy.forward import Forwarder
+from proxy.frontend import GateServer, RejectionSink
+from proxy.gate import Rejection
 from proxy.metrics import ProxyMetrics
 from proxy.upstream import open_upstream_session
 
@@ -33,10 +35,17 @@ CUT_GRACE = 0.1
 """Seconds exchanges still running when the drain timeout ran out get to unwind once cancelled."""
 
 
-def build_server(forwarder: Forwarder, config: ProxyConfig) -> web.Server:
-    """aiohttp's low-level server: no router or middleware chain, one handler for everything."""
-    return web.Server(
+def build_server(forwarder: Forwarder, config: ProxyConfig, on_reject: RejectionSink) -> web.Server:
+    """aiohttp's low-level server: no router or middleware chain, one handler for everything.
+
+    Hardened as a gate (``proxy.frontend``): named refusals, a header deadline, a connection cap.
+    """
+    return GateServer(
         forwarder.handle,
+        limits=config.limits,
+        header_timeout=config.header_timeout,
+        max_connections=config.max_client_connections,
+        on_reject=on_reject,
         # The heart of hangup: cancel the handler when the client's connection is lost.
         handler_cancellation=True,
         # Bodies pass through as sent: never decompress a client's gzip upload.
@@ -45,7 +54,24 @@ def build_server(forwarder: Forwarder, config: ProxyConfig) -> web.Server:
         # logs a cancelled handler).
         access_log=None,
         keepalive_timeout=config.client_keepalive_timeout,
+        # aiohttp applies max_line_size to the request target and max_field_size to each header
+        # name and value; proxy.gate tells the two apart to answer 414 or 431.
+        max_line_size=config.max_uri_size,
+        max_field_size=config.max_header_field_size,
+        max_headers=config.max_headers,
     )
+
+
+def record_rejection(metrics: ProxyMetrics) -> RejectionSink:
+    """Log and count a refusal made before any request handler ran."""
+
+    def record(rejection: Rejection, client: str | None) -> None:
+        metrics.rejected(rejection.reason)
+        log.info(
+            "request_rejected", status=rejection.status, reason=rejection.reason, client=client
+        )
+
+    return record
 
 
 class ListenError(Exception):
@@ -118,7 +144,9 @@ async def start_proxy(config: ProxyConfig) -> RunningProxy:
     readiness = Readiness(config.upstream, check_upstream=config.ready_check_upstream)
     session = open_upstream_session(config)
     forwarder = Forwarder(config, session, metrics)
-    runner = web.ServerRunner(build_server(forwarder, config), shutdown_timeout=CUT_GRACE)
+    runner = web.ServerRunner(
+        build_server(forwarder, config, record_rejection(metrics)), shutdown_timeout=CUT_GRACE
+    )
     admin_runner: web.AppRunner | None = None
     admin_address: HostPort | None = None
     try:

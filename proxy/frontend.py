@@ -1,0 +1,147 @@
+"""The client-facing connections: aiohttp's low-level server, hardened as a gate.
+
+aiohttp's ``RequestHandler`` parses strictly, but three things are left to the application
+(cancellation-facts §3): it answers every parse failure with a bare 400 and an error-level
+traceback; it has no deadline for receiving a request's header block (a slowloris client holds a
+connection forever); and it accepts any number of connections. ``GateRequestHandler`` adds those:
+
+* parse refusals get the status that names them (414, 431, 400; ``proxy.gate``), a short text
+  body, and one ``request_rejected`` log line without a traceback;
+* a header deadline: from a connection's start, and from the first byte of each later request,
+  the whole header block must arrive within ``header_timeout`` or the connection is closed (with
+  a 408 when some of it had arrived);
+* a connection limit: past ``max_connections``, a new connection is answered 503 at once and
+  closed, instead of queueing.
+
+It relies on three attributes of aiohttp's ``RequestHandler`` (``_messages``,
+``_request_in_progress``, ``transport``); aiohttp is pinned below 4 and the tests exercise each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
+
+from proxy.gate import Limits, Rejection, rejection_for_parse_error
+
+RejectionSink = Callable[[Rejection, str | None], None]
+"""Told of every refusal (logging and metrics): the rejection and the client's address."""
+
+HEADER_TIMEOUT = Rejection(408, "header_timeout", "request headers not received in time")
+CONNECTION_LIMIT = Rejection(503, "client_connection_limit", "too many client connections")
+
+
+def canned_response(rejection: Rejection) -> bytes:
+    """A complete close-delimited answer, for when there is no request object to answer."""
+    body = rejection.body.encode()
+    return (
+        f"HTTP/1.1 {rejection.status} {_REASON_PHRASES.get(rejection.status, 'Error')}\r\n"
+        f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode() + body
+
+
+_REASON_PHRASES = {408: "Request Timeout", 503: "Service Unavailable"}
+
+
+class GateServer(web.Server):
+    """``web.Server`` whose connections are ``GateRequestHandler``s sharing one set of limits."""
+
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        limits: Limits,
+        header_timeout: float,
+        max_connections: int,
+        on_reject: RejectionSink,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self.limits = limits
+        self.header_timeout = header_timeout
+        self.max_connections = max_connections
+        self.on_reject = on_reject
+
+    def __call__(self) -> RequestHandler:
+        return GateRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class GateRequestHandler(RequestHandler):
+    def __init__(self, manager: GateServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._gate = manager
+        self._header_deadline: asyncio.TimerHandle | None = None
+        self._head_started = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if len(self._gate.connections) > self._gate.max_connections:
+            self._refuse(CONNECTION_LIMIT)
+            return
+        self._arm_header_deadline()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm_header_deadline()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._messages or self._request_in_progress:
+            # A whole header block arrived (or a body is being read): the deadline is met.
+            self._disarm_header_deadline()
+            self._head_started = False
+        elif data:
+            self._head_started = True
+            if self._header_deadline is None:
+                self._arm_header_deadline()
+
+    def _arm_header_deadline(self) -> None:
+        self._header_deadline = self._loop.call_later(
+            self._gate.header_timeout, self._on_header_deadline
+        )
+
+    def _disarm_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _on_header_deadline(self) -> None:
+        self._header_deadline = None
+        if self._messages or self._request_in_progress or self.transport is None:
+            return
+        if self._head_started:
+            self._refuse(HEADER_TIMEOUT)
+        else:
+            # Connected and silent: nothing to answer; close as nginx's client_header_timeout does.
+            self.transport.close()
+
+    def _refuse(self, rejection: Rejection) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        peer = transport.get_extra_info("peername")
+        self._gate.on_reject(rejection, peer[0] if peer else None)
+        transport.write(canned_response(rejection))
+        transport.close()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if not isinstance(exc, HttpProcessingError):
+            # A fault in our own handler: keep aiohttp's error log with its traceback.
+            return super().handle_error(request, status, exc, message)
+        rejection = rejection_for_parse_error(exc, self._gate.limits)
+        self._gate.on_reject(rejection, request.remote)
+        response = web.Response(status=rejection.status, text=rejection.body)
+        response.force_close()
+        return response
