@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import structlog
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.types import Receive, Scope, Send
 
@@ -70,6 +71,28 @@ async def background_sleep(stats: Stats, request_id: str, seconds: float) -> Non
     _logger().info("background_completed", request_id=request_id, seconds=seconds)
 
 
+async def token_events(
+    stats: Stats, request_id: str, events: int, interval: float
+) -> AsyncIterator[bytes]:
+    """Server-sent events, one every ``interval`` s, like an LLM streaming tokens.
+
+    When the client hangs up mid-stream the cancelling protocol cancels the response task; the
+    generator is closed with it and its ``finally`` records the cancellation.
+    """
+    stats.increment("stream_started")
+    finished = False
+    try:
+        for number in range(events):
+            yield f"id: {number}\ndata: token {number}\n\n".encode()
+            await asyncio.sleep(interval)
+        finished = True
+    finally:
+        stats.increment("stream_completed" if finished else "stream_cancelled")
+        _logger().info(
+            "stream_completed" if finished else "stream_cancelled", request_id=request_id
+        )
+
+
 def describe_request(scope: Scope, body: bytes) -> dict[str, Any]:
     """What the backend received, byte-faithful (latin-1 maps every byte to one character)."""
     return {
@@ -112,6 +135,17 @@ def create_app() -> FastAPI:
         request_id = request_id_from_headers(request.scope["headers"])
         task = BackgroundTask(background_sleep, stats, request_id, seconds)
         return JSONResponse({"scheduled": seconds}, background=task)
+
+    @app.get("/stream")
+    async def stream(
+        request: Request,
+        events: Annotated[int, Query(ge=0, le=100_000)] = 50,
+        interval: Seconds = 0.1,
+    ) -> StreamingResponse:
+        request_id = request_id_from_headers(request.scope["headers"])
+        return StreamingResponse(
+            token_events(stats, request_id, events, interval), media_type="text/event-stream"
+        )
 
     @app.get("/stats")
     async def get_stats() -> dict[Counter, int]:

@@ -13,6 +13,9 @@ Counter = Literal[
     "background_started",
     "background_completed",
     "background_cancelled",
+    "stream_started",
+    "stream_completed",
+    "stream_cancelled",
 ]
 COUNTERS: tuple[Counter, ...] = (
     "started",
@@ -21,6 +24,9 @@ COUNTERS: tuple[Counter, ...] = (
     "background_started",
     "background_completed",
     "background_cancelled",
+    "stream_started",
+    "stream_completed",
+    "stream_cancelled",
 )
 
 
