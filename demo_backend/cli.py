@@ -40,6 +40,8 @@ class BackendOptions:
     """Address to bind. Default 127.0.0.1 (loopback: the proxy is the only intended client)."""
     port: int
     """TCP port. Default 8000; 0 picks a free port, reported in the ``backend_listening`` line."""
+    uds: str | None
+    """A unix socket path to listen on instead of TCP (host and port are then unused)."""
     http: HttpImplementation
     """uvicorn HTTP implementation, ``h11`` or ``httptools``. Default httptools when installed."""
     cancel_methods: frozenset[str]
@@ -101,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=8000, help="port; 0 = any free port")
     parser.add_argument(
+        "--uds", default=None, metavar="PATH", help="listen on this unix socket instead of TCP"
+    )
+    parser.add_argument(
         "--http",
         choices=HTTP_IMPLEMENTATIONS,
         default=default_http(),
@@ -140,6 +145,7 @@ def parse_options(argv: list[str] | None) -> BackendOptions:
     return BackendOptions(
         host=args.host,
         port=args.port,
+        uds=args.uds,
         http=cast("HttpImplementation", args.http),
         cancel_methods=(env_cancel_methods if args.cancel_methods is None else args.cancel_methods),
         limit_concurrency=args.limit_concurrency,
@@ -160,6 +166,7 @@ def run(options: BackendOptions) -> None:
         create_app(),
         host=options.host,
         port=options.port,
+        uds=options.uds,
         http=cancelling_protocol(options.http, options.cancel_methods),
         limit_concurrency=options.limit_concurrency,
         timeout_graceful_shutdown=options.timeout_graceful_shutdown,

@@ -38,12 +38,12 @@ class BackendServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
-            structlog.get_logger().info(
-                "backend_listening",
-                host=self.config.host,
-                port=bound_port(self),
-                **self._listening_fields,
+            where: dict[str, Any] = (
+                {"uds": self.config.uds}
+                if self.config.uds
+                else {"host": self.config.host, "port": bound_port(self)}
             )
+            structlog.get_logger().info("backend_listening", **where, **self._listening_fields)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:

@@ -48,7 +48,12 @@ class Readiness:
     async def _upstream_accepts(self) -> bool:
         try:
             async with asyncio.timeout(UPSTREAM_PROBE_TIMEOUT):
-                _, writer = await asyncio.open_connection(self.upstream.host, self.upstream.port)
+                if self.upstream.unix_path is not None:
+                    _, writer = await asyncio.open_unix_connection(self.upstream.unix_path)
+                else:
+                    _, writer = await asyncio.open_connection(
+                        self.upstream.host, self.upstream.port
+                    )
         except (OSError, TimeoutError):
             return False
         writer.close()

@@ -71,7 +71,8 @@ OPTIONS = (
         "upstream",
         parse_upstream,
         None,
-        "http://HOST:PORT of the one backend every request is forwarded to (required)",
+        "http://HOST:PORT of the one backend every request is forwarded to, or unix:/PATH for "
+        "a backend on a unix socket (required)",
         required=True,
     ),
     Option(

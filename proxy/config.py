@@ -42,19 +42,39 @@ def parse_host_port(text: str) -> HostPort:
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
-    """The one backend: ``http://HOST:PORT``. Only plain HTTP: a sidecar talks over loopback."""
+    """The one backend: ``http://HOST:PORT``, or a unix socket path (``unix:/run/app.sock``).
+
+    Only plain HTTP: a sidecar talks over loopback or a socket shared in the pod (``emptyDir``).
+    """
 
     host: str
     port: int
+    unix_path: str | None = None
+    """When set, every connection goes to this unix socket; host and port only name it."""
 
     @property
     def origin(self) -> str:
-        """``http://host:port`` with no trailing slash; request targets are appended verbatim."""
+        """``http://host:port`` with no trailing slash; request targets are appended verbatim.
+
+        For a unix socket the URL's host is never resolved: the client's own ``Host`` header is
+        what the backend sees, as for TCP.
+        """
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    def describe(self) -> str:
+        return f"unix:{self.unix_path}" if self.unix_path is not None else self.origin
+
+
+UNIX_PREFIX = "unix:"
+
 
 def parse_upstream(text: str) -> Upstream:
+    if text.strip().startswith(UNIX_PREFIX):
+        path = text.strip().removeprefix(UNIX_PREFIX)
+        if not path.startswith("/"):
+            raise ValueError(f"a unix socket upstream needs an absolute path, got {text!r}")
+        return Upstream("localhost", 80, unix_path=path)
     parts = urlsplit(text.strip())
     if parts.scheme != "http":
         raise ValueError(f"upstream must be an http:// URL, got {text!r}")

@@ -202,7 +202,7 @@ async def serve(config: ProxyConfig) -> None:
             "proxy_listening",
             host=proxy.address.host,
             port=proxy.address.port,
-            upstream=config.upstream.origin,
+            upstream=config.upstream.describe(),
             cancel_methods=config.cancel_policy.describe(),
         )
         await stop.wait()

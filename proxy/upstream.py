@@ -6,7 +6,15 @@ unsafe (cancellation-facts §4).
 
 from __future__ import annotations
 
-from aiohttp import ClientSession, ClientTimeout, DummyCookieJar, TCPConnector, hdrs
+from aiohttp import (
+    BaseConnector,
+    ClientSession,
+    ClientTimeout,
+    DummyCookieJar,
+    TCPConnector,
+    UnixConnector,
+    hdrs,
+)
 
 from proxy.config import ProxyConfig
 
@@ -14,18 +22,28 @@ from proxy.config import ProxyConfig
 _SKIP_AUTO_HEADERS = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE)
 
 
-def open_upstream_session(config: ProxyConfig) -> ClientSession:
-    connector = TCPConnector(
+def _connector(config: ProxyConfig) -> BaseConnector:
+    # Below the backend's idle timeout, or a request races the backend closing the socket.
+    keepalive_timeout = config.upstream_keepalive_timeout
+    if config.upstream.unix_path is not None:
+        return UnixConnector(
+            path=config.upstream.unix_path,
+            limit=config.upstream_max_connections,
+            keepalive_timeout=keepalive_timeout,
+        )
+    return TCPConnector(
         limit=config.upstream_max_connections,
         limit_per_host=0,
-        # Below the backend's idle timeout, or a request races the backend closing the socket.
-        keepalive_timeout=config.upstream_keepalive_timeout,
+        keepalive_timeout=keepalive_timeout,
         # The upstream is one fixed address; resolve it once rather than per connection.
         ttl_dns_cache=None,
         use_dns_cache=True,
     )
+
+
+def open_upstream_session(config: ProxyConfig) -> ClientSession:
     session = ClientSession(
-        connector=connector,
+        connector=_connector(config),
         # The default total=300 would cut every long request at five minutes.
         timeout=ClientTimeout(
             total=None,

@@ -269,8 +269,9 @@ async def running_script(
     """Start a console script, wait for its listening line, yield it with its port, stop it."""
     started = await ScriptProcess.start(argv, env)
     try:
-        port = await started.listening_port(listening_event)
-        yield started, port
+        line = await started.wait_for_event(listening_event)
+        # A server on a unix socket has no port: its line names the path instead.
+        yield started, int(line.get("port", 0))
     finally:
         await started.stop()
 
