@@ -18,6 +18,8 @@ from proxy.config import (
     ProxyConfig,
     parse_bool,
     parse_count,
+    parse_grace,
+    parse_header_name,
     parse_host_port,
     parse_optional_size,
     parse_seconds,
@@ -26,6 +28,7 @@ from proxy.config import (
 )
 from proxy.logs import LOG_FORMATS, configure_logging
 from proxy.policy import parse_cancel_methods
+from proxy.routes import load_policy_file, parse_rules
 from proxy.server import ListenError, run
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -52,6 +55,9 @@ class Option:
     """With no flag, no variable and no default: an error (else the config's own default)."""
     switch: bool = False
     """The flag alone means ``true`` (``--flag false`` and the variable still work)."""
+    repeatable: bool = False
+    """The flag may be given several times; its values are joined with ``;`` (as in the
+    environment variable) before ``parse``."""
 
     @property
     def env(self) -> str:
@@ -82,6 +88,41 @@ OPTIONS = (
         "GET,HEAD,OPTIONS,TRACE",
         "comma-separated methods whose upstream connection is closed when the client hangs "
         "up, or '*' for all; other methods are carried to the end and the answer discarded",
+    ),
+    Option(
+        "--cancel-route",
+        "route_rules",
+        parse_rules,
+        None,
+        "a per-route rule '[METHODS ]PATH=ACTION', ACTION one of cancel, never, grace=SECONDS; "
+        "PATH a prefix, or a glob with * ? [; repeatable (';' between rules in the variable); "
+        "first match wins, then --cancel-methods",
+        repeatable=True,
+    ),
+    Option(
+        "--policy-file",
+        "policy_rules",
+        load_policy_file,
+        None,
+        "a TOML file of [[route]] tables (methods, path, action, grace), tried after "
+        "--cancel-route rules",
+    ),
+    Option(
+        "--cancel-grace",
+        "cancel_grace",
+        parse_grace,
+        "0",
+        "seconds a hung-up request under --cancel-methods may still finish before its upstream "
+        "connection is closed (an answer in time is discarded, the connection reused); 0: at once",
+    ),
+    Option(
+        "--deadline-header",
+        "deadline_header",
+        parse_header_name,
+        None,
+        "a request header (e.g. Request-Timeout) in which a trusted client gives the seconds it "
+        "will wait; past them 504 and the upstream connection is closed; capped by "
+        "--upstream-timeout; off unless given",
     ),
     Option(
         "--upstream-timeout",
@@ -236,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     for option in OPTIONS:
         default = "" if option.default is None else f"; default {option.default}"
         switch: dict[str, Any] = {"nargs": "?", "const": "true"} if option.switch else {}
+        if option.repeatable:
+            switch = {"action": "append"}
         parser.add_argument(
             option.flag,
             dest=option.field,
@@ -257,6 +300,8 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> ProxyConfig
     values: dict[str, Any] = {}
     for option in OPTIONS:
         raw, source = getattr(namespace, option.field), option.flag
+        if isinstance(raw, list):
+            raw = ";".join(raw)
         # An empty variable counts as unset: `HANGUP_X=` in a compose file must not silently
         # mean "empty" (for --cancel-methods that would switch cancellation off).
         if raw is None and environ.get(option.env):

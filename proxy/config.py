@@ -6,12 +6,14 @@ environment.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from proxy.gate import Limits
 from proxy.logs import LogFormat
 from proxy.policy import CancelPolicy
+from proxy.routes import RoutePolicy, Rule
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +138,21 @@ def parse_optional_size(text: str) -> int | None:
     return None if text.strip().lower() in ("off", "none", "0") else parse_size(text)
 
 
+def parse_grace(text: str) -> float:
+    """Seconds, 0 allowed (no grace)."""
+    return 0.0 if text.strip() in ("0", "0.0") else parse_seconds(text)
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def parse_header_name(text: str) -> str:
+    """A header field name (RFC 9110 §5.1: a token)."""
+    if not _TOKEN.fullmatch(text.strip()):
+        raise ValueError(f"expected a header name such as Request-Timeout, got {text!r}")
+    return text.strip()
+
+
 def parse_count(text: str) -> int:
     stripped = text.strip()
     if not (stripped.isascii() and stripped.isdigit()) or int(stripped) < 1:
@@ -156,6 +173,20 @@ class ProxyConfig:
     cancel_policy: CancelPolicy = field(default_factory=CancelPolicy)
     """Methods whose upstream exchange is closed when the client hangs up. Default the safe
     methods GET, HEAD, OPTIONS, TRACE; others are carried to the end and their answer discarded."""
+
+    route_rules: tuple[Rule, ...] = ()
+    """Per-route rules from --cancel-route, tried in order before the method list."""
+
+    policy_rules: tuple[Rule, ...] = ()
+    """Rules from --policy-file, tried after ``route_rules``."""
+
+    cancel_grace: float = 0.0
+    """Seconds a hung-up request of a cancelled method may still finish before its upstream
+    connection is closed; 0 closes at once. Applies to the method list, not to route rules."""
+
+    deadline_header: str | None = None
+    """A request header in which a trusted client gives the seconds it will wait (capped by
+    ``upstream_timeout``); past them 504 and the upstream connection is closed. Off when None."""
 
     upstream_timeout: float = 60.0
     """Seconds to wait for the upstream: for its response headers once the request is sent,
@@ -219,6 +250,12 @@ class ProxyConfig:
 
     log_level: str = "info"
     """Lowest level written: debug, info, warning, error."""
+
+    @property
+    def route_policy(self) -> RoutePolicy:
+        return RoutePolicy(
+            self.route_rules + self.policy_rules, self.cancel_policy, self.cancel_grace
+        )
 
     @property
     def limits(self) -> Limits:

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 import structlog
 
 from proxy.gate import Rejection
+from proxy.routes import DEFAULT_RULE, Action, Decision
+
+_DEFAULT_DECISION = Decision(Action.CANCEL, 0.0, DEFAULT_RULE)
 
 log = structlog.get_logger("hangup.proxy")
 
@@ -67,6 +70,8 @@ class Exchange:
     """True when the proxy closed the upstream connection because the client hung up."""
     reason: str | None = None
     client_gone: bool = False
+    decision: Decision = _DEFAULT_DECISION
+    """The policy rule that decides what a hang-up does to this request."""
     body_problem: Rejection | None = None
     """Why the client's body could not be forwarded (too large, stalled, malformed), if so."""
     client_left_at: float | None = None
@@ -115,6 +120,11 @@ class Exchange:
             fields["phase"] = str(self.phase)
             fields["cancelled"] = self.cancellable
             fields["upstream_closed"] = self.upstream_closed
+            # Which rule decided what the hang-up did (proxy.routes): visible per request.
+            fields["policy_rule"] = self.decision.rule
+            fields["policy_action"] = str(self.decision.action)
+            if self.decision.action is Action.GRACE:
+                fields["grace_seconds"] = self.decision.grace
         if self.reason is not None:
             fields["reason"] = self.reason
         if self.outcome in _WARNING_OUTCOMES:

@@ -49,8 +49,8 @@ from proxy.headers import (
     upstream_request_headers,
 )
 from proxy.metrics import ProxyMetrics
-from proxy.policy import CancelPolicy
 from proxy.response import ForwardedResponse, must_be_empty
+from proxy.routes import Action, RoutePolicy
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -68,7 +68,9 @@ class Forwarder:
 
     def __init__(self, config: ProxyConfig, session: ClientSession, metrics: ProxyMetrics) -> None:
         self._origin = config.upstream.origin
-        self._policy: CancelPolicy = config.cancel_policy
+        self._routes: RoutePolicy = config.route_policy
+        self._deadline_header = config.deadline_header
+        self._upstream_timeout = config.upstream_timeout
         self._session = session
         self._metrics = metrics
         self._limits = config.limits
@@ -83,19 +85,31 @@ class Forwarder:
         self.detached: set[asyncio.Task[web.StreamResponse]] = set()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.raw_path.partition("?")[0]
+        decision = self._routes.decide(request.method, path)
         exchange = Exchange(
             request_id=request_id_from(request.raw_headers),
             method=request.method,
-            path=request.raw_path.partition("?")[0],
+            path=path,
             client=request.remote,
-            cancellable=self._policy.should_cancel(request.method),
+            cancellable=decision.action is Action.CANCEL,
+            decision=decision,
         )
         if exchange.cancellable:
             return await self._exchange(request, exchange)
         task = asyncio.create_task(self._exchange(request, exchange))
         self.detached.add(task)
         task.add_done_callback(self.detached.discard)
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if decision.action is Action.GRACE and not task.done():
+                # The client left: the exchange may finish within the grace period (its answer
+                # is then discarded and the connection pooled); past it, it is cancelled, which
+                # closes the upstream connection as for an immediate cancel.
+                cut = asyncio.get_running_loop().call_later(decision.grace, task.cancel)
+                task.add_done_callback(lambda _: cut.cancel())
+            raise
 
     async def _exchange(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
         structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
@@ -108,9 +122,16 @@ class Forwarder:
             expectation = expects_continue(request.headers.getall("Expect", []))
             self._upstream_active += 1
             try:
-                upstream = await self._send_upstream(request, exchange, send_continue=expectation)
-                exchange.upstream_status = upstream.status
-                return await self._relay_response(request, exchange, upstream)
+                async with asyncio.timeout_at(self._client_deadline(request)) as budget:
+                    upstream = await self._send_upstream(
+                        request, exchange, send_continue=expectation
+                    )
+                    exchange.upstream_status = upstream.status
+                    return await self._relay_response(request, exchange, upstream)
+            except TimeoutError:
+                if not budget.expired():
+                    raise
+                return self._deadline_passed(request, exchange)
             finally:
                 self._upstream_active -= 1
         except asyncio.CancelledError:
@@ -136,6 +157,30 @@ class Forwarder:
                 upstream.close()
             exchange.write_log_line()
             self._metrics.finished(exchange)
+
+    def _client_deadline(self, request: web.BaseRequest) -> float | None:
+        """The loop time at which the client's own bound on the exchange ends.
+
+        Capped by the upstream timeout. Only with ``--deadline-header``; a missing or unreadable
+        value means no client deadline.
+        """
+        if self._deadline_header is None:
+            return None
+        try:
+            seconds = float(request.headers.get(self._deadline_header, ""))
+        except ValueError:
+            return None
+        if not 0 < seconds < float("inf"):
+            return None
+        loop = asyncio.get_running_loop()
+        return loop.time() + min(seconds, self._upstream_timeout)
+
+    def _deadline_passed(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
+        """The client's deadline passed: 504 (or a cut, once streaming); the upstream is closed."""
+        exchange.finish(Outcome.UPSTREAM_TIMEOUT, 504, "client_deadline")
+        if exchange.phase is Phase.STREAMING_RESPONSE and request.transport is not None:
+            request.transport.close()
+        return _error_response(504, "the request's deadline passed before the upstream answered")
 
     def _admission(self, request: web.BaseRequest) -> Rejection | None:
         """Whether to refuse the request before any of it is forwarded (``proxy.gate``)."""

@@ -63,6 +63,13 @@ class ProxyMetrics:
             ["phase"],
             registry=registry,
         )
+        self.hangup_policy = Counter(
+            "hangup_hangup_decisions",
+            "Hang-ups by the policy rule that decided them (default, route-N, file-N) and its "
+            "action (cancel, never, grace).",
+            ["rule", "action"],
+            registry=registry,
+        )
         self.upstream_cancellations = Counter(
             "hangup_upstream_cancellations",
             "Upstream connections the proxy closed because their client hung up.",
@@ -121,6 +128,8 @@ class ProxyMetrics:
         self._requests[ABORTED if outcome is None else outcome].inc()
         if outcome is Outcome.CLIENT_HANGUP:
             self._disconnects[exchange.phase].inc()
+            decision = exchange.decision
+            self.hangup_policy.labels(decision.rule, decision.action).inc()
             if exchange.upstream_closed:
                 self.upstream_cancellations.inc()
                 propagation = exchange.cancel_propagation()

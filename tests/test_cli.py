@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,10 +19,18 @@ import pytest
 from proxy.cli import OPTIONS, parse_config
 from proxy.config import HostPort, ProxyConfig, Upstream, parse_upstream
 from proxy.policy import CancelPolicy
+from proxy.routes import Action, Rule
 from tests.support import LOOPBACK, WAIT, script_path
 
 # Never contacted: every process started here fails or exits before it forwards anything.
 UPSTREAM = f"http://{LOOPBACK}:9"
+
+
+POLICY_FILE = str(Path(__file__).parent / "data" / "policy.toml")
+POLICY_RULES = (
+    Rule(frozenset({"POST"}), "/v1/chat/completions", Action.GRACE, 5.0, "file-1"),
+    Rule(None, "/admin/", Action.NEVER, 0.0, "file-2"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +77,40 @@ ROWS = [
         CancelPolicy(frozenset({"POST", "PUT"})),
         "*",
         CancelPolicy(None),
+    ),
+    Row(
+        "--cancel-route",
+        "HANGUP_CANCEL_ROUTE",
+        "route_rules",
+        None,
+        "GET /a/*=cancel",
+        (Rule(frozenset({"GET"}), "/a/*", Action.CANCEL, 0.0, "route-1"),),
+        "/b=never;POST /c=grace=2",
+        (
+            Rule(None, "/b", Action.NEVER, 0.0, "route-1"),
+            Rule(frozenset({"POST"}), "/c", Action.GRACE, 2.0, "route-2"),
+        ),
+    ),
+    Row(
+        "--policy-file",
+        "HANGUP_POLICY_FILE",
+        "policy_rules",
+        None,
+        POLICY_FILE,
+        POLICY_RULES,
+        POLICY_FILE,
+        POLICY_RULES,
+    ),
+    Row("--cancel-grace", "HANGUP_CANCEL_GRACE", "cancel_grace", "0", "2", 2.0, "0.5", 0.5),
+    Row(
+        "--deadline-header",
+        "HANGUP_DEADLINE_HEADER",
+        "deadline_header",
+        None,
+        "Request-Timeout",
+        "Request-Timeout",
+        "X-Deadline",
+        "X-Deadline",
     ),
     Row(
         "--upstream-timeout",
