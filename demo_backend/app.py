@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from demo_backend.request_id import request_id_from_headers
 from demo_backend.stats import Counter, Stats
+from demo_backend.websocket_route import add_websocket_echo
 
 Seconds = Annotated[float, Query(ge=0, le=3600, description="How long the handler sleeps.")]
 
@@ -154,4 +155,5 @@ def create_app() -> FastAPI:
     # methods=None only means "every method" for an ASGI endpoint; the stub types every endpoint
     # as a request -> response function.
     app.router.add_route("/echo", Echo(), methods=None, include_in_schema=False)  # type: ignore[arg-type]
+    add_websocket_echo(app, stats)
     return app

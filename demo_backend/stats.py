@@ -16,6 +16,9 @@ Counter = Literal[
     "stream_started",
     "stream_completed",
     "stream_cancelled",
+    "ws_opened",
+    "ws_closed",
+    "ws_cancelled",
 ]
 COUNTERS: tuple[Counter, ...] = (
     "started",
@@ -27,6 +30,9 @@ COUNTERS: tuple[Counter, ...] = (
     "stream_started",
     "stream_completed",
     "stream_cancelled",
+    "ws_opened",
+    "ws_closed",
+    "ws_cancelled",
 )
 
 

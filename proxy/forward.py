@@ -51,6 +51,7 @@ from proxy.headers import (
 from proxy.metrics import ProxyMetrics
 from proxy.response import ForwardedResponse, must_be_empty
 from proxy.routes import Action, RoutePolicy
+from proxy.websocket import WebSocketTunnels, is_websocket_handshake
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -83,6 +84,7 @@ class Forwarder:
         # Exchanges carried to the end after their client left; kept so they are not
         # garbage-collected mid-flight (RUF006) and so shutdown can wait for them.
         self.detached: set[asyncio.Task[web.StreamResponse]] = set()
+        self.websockets = WebSocketTunnels(config, metrics)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.raw_path.partition("?")[0]
@@ -95,6 +97,9 @@ class Forwarder:
             cancellable=decision.action is Action.CANCEL,
             decision=decision,
         )
+        if is_websocket_handshake(request):
+            # A WebSocket session is a tunnel, not an exchange (proxy.websocket).
+            return await self.websockets.handle(request, exchange, self._admission(request))
         if exchange.cancellable:
             return await self._exchange(request, exchange)
         task = asyncio.create_task(self._exchange(request, exchange))
@@ -153,10 +158,18 @@ class Forwarder:
                 return _refuse(exchange, exchange.body_problem)
             return self._upstream_failed(request, exchange, exc)
         finally:
-            if upstream is not None and exchange.outcome is not Outcome.COMPLETED:
-                upstream.close()
-            exchange.write_log_line()
-            self._metrics.finished(exchange)
+            self._finished(exchange, upstream)
+
+    def _finished(self, exchange: Exchange, upstream: ClientResponse | None) -> None:
+        """Every exchange ends here once: its upstream closed unless completed, then recorded."""
+        if upstream is not None and exchange.outcome is not Outcome.COMPLETED:
+            upstream.close()
+            if exchange.client_gone and exchange.cancellable and not exchange.upstream_closed:
+                # The hang-up surfaced as a failed write to the client rather than as a
+                # cancellation: the close above is the same cancel, so count it as one.
+                exchange.closed_upstream()
+        exchange.write_log_line()
+        self._metrics.finished(exchange)
 
     def _client_deadline(self, request: web.BaseRequest) -> float | None:
         """The loop time at which the client's own bound on the exchange ends.

@@ -98,7 +98,7 @@ class RunningProxy:
     async def stop(self, drain_seconds: float) -> None:
         """Drain, then close; the drain is bounded by ``drain_seconds`` (plus ``CUT_GRACE``).
 
-        1. /readyz answers 503 from now on.
+        1. /readyz answers 503 from now on; open WebSocket sessions are closed with 1001.
         2. The listening socket closes: new connections are refused.
         3. Idle keep-alive connections are closed; busy ones close after their response.
         4. In-flight requests, and writes carried to the end after their client left, run to
@@ -108,6 +108,7 @@ class RunningProxy:
            refusal, for the whole drain).
         """
         self.readiness.draining = True
+        self.forwarder.websockets.go_away()
         deadline = asyncio.get_running_loop().time() + drain_seconds
         server = self.runner.server
         if server is not None:
