@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 Counter = Literal[
     "started",
@@ -20,20 +20,7 @@ Counter = Literal[
     "ws_closed",
     "ws_cancelled",
 ]
-COUNTERS: tuple[Counter, ...] = (
-    "started",
-    "completed",
-    "cancelled",
-    "background_started",
-    "background_completed",
-    "background_cancelled",
-    "stream_started",
-    "stream_completed",
-    "stream_cancelled",
-    "ws_opened",
-    "ws_closed",
-    "ws_cancelled",
-)
+COUNTERS: tuple[Counter, ...] = get_args(Counter)
 
 
 class Stats:

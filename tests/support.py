@@ -320,3 +320,47 @@ def watch_logs() -> Iterator[LogWatch]:
     with capture_logs(processors=[watch._processor]) as entries:
         watch.entries = entries
         yield watch
+
+
+# --- the two console scripts together -----------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    """``hangup-demo-backend`` behind ``hangup-proxy``, both real processes on loopback."""
+
+    backend: ScriptProcess
+    backend_port: int
+    proxy: ScriptProcess
+    port: int
+
+    async def get_json(self, target: str) -> Any:
+        """GET through the proxy; the answer must be 200 JSON."""
+        client = await RawConnection.open(self.port)
+        await client.send(request_bytes("GET", target))
+        response = await client.read_response()
+        await client.close()
+        assert response.status == 200, response
+        return response.json()
+
+    @property
+    def output(self) -> list[str]:
+        return self.backend.raw_lines + self.proxy.raw_lines
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    backend_args: Sequence[str] = ("--port", "0"), upstream: str | None = None
+) -> AsyncIterator[Stack]:
+    """Start the backend, then the proxy in front of it (``upstream`` overrides the TCP URL)."""
+    backend_argv = [script_path("hangup-demo-backend"), *backend_args]
+    async with running_script(backend_argv, "backend_listening") as (backend, backend_port):
+        proxy_argv = [
+            script_path("hangup-proxy"),
+            "--listen",
+            f"{LOOPBACK}:0",
+            "--upstream",
+            upstream or f"http://{LOOPBACK}:{backend_port}",
+        ]
+        async with running_script(proxy_argv, "proxy_listening") as (proxy, port):
+            yield Stack(backend, backend_port, proxy, port)

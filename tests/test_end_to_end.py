@@ -8,60 +8,25 @@ can tell).
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pytest
 
 from tests.support import (
     HANGUP_KINDS,
-    LOOPBACK,
     HangupKind,
     RawConnection,
-    ScriptProcess,
+    Stack,
     request_bytes,
-    running_script,
-    script_path,
+    running_stack,
 )
-
-
-@dataclass
-class Stack:
-    backend: ScriptProcess
-    proxy: ScriptProcess
-    port: int
-
-    async def get(self, target: str) -> dict[str, object]:
-        client = await RawConnection.open(self.port)
-        await client.send(request_bytes("GET", target))
-        response = await client.read_response()
-        await client.close()
-        assert response.status == 200, response
-        parsed: dict[str, object] = json.loads(response.body)
-        return parsed
 
 
 @pytest.fixture(params=["h11", "httptools"])
 async def stack(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
-    backend_argv = [
-        script_path("hangup-demo-backend"),
-        "--port",
-        "0",
-        "--http",
-        request.param,
-    ]
-    async with running_script(backend_argv, "backend_listening") as (backend, backend_port):
-        proxy_argv = [
-            script_path("hangup-proxy"),
-            "--listen",
-            f"{LOOPBACK}:0",
-            "--upstream",
-            f"http://{LOOPBACK}:{backend_port}",
-        ]
-        async with running_script(proxy_argv, "proxy_listening") as (proxy, port):
-            yield Stack(backend, proxy, port)
-    assert not any("Traceback" in line for line in backend.raw_lines + proxy.raw_lines)
+    async with running_stack(("--port", "0", "--http", request.param)) as started:
+        yield started
+    assert not any("Traceback" in line for line in started.output)
 
 
 @pytest.mark.parametrize("kind", HANGUP_KINDS)
@@ -83,7 +48,7 @@ async def test_backend_handler_is_cancelled_when_client_hangs_up(
     assert cancelled["level"] == "info"
     assert (line["status"], line["outcome"], line["level"]) == (499, "client_hangup", "info")
     assert line["upstream_closed"] is True
-    stats = await stack.get("/stats")
+    stats = await stack.get_json("/stats")
     assert (stats["started"], stats["cancelled"], stats["completed"]) == (1, 1, 0)
 
 
@@ -104,7 +69,7 @@ async def test_write_is_carried_to_the_end_after_the_client_hangs_up(stack: Stac
         200,
     )
     assert stack.backend.events("handler_cancelled") == []
-    stats = await stack.get("/stats")
+    stats = await stack.get_json("/stats")
     assert (stats["cancelled"], stats["completed"]) == (0, 1)
 
 

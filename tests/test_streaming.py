@@ -13,8 +13,7 @@ from tests.support import (
     WAIT,
     RawConnection,
     request_bytes,
-    running_script,
-    script_path,
+    running_stack,
 )
 
 EVENTS = 5
@@ -85,30 +84,19 @@ async def test_each_event_reaches_the_client_before_the_next_is_produced(
 
 
 async def test_hanging_up_on_a_stream_cancels_the_backend_generator() -> None:
-    backend_argv = [script_path("hangup-demo-backend"), "--port", "0"]
-    async with running_script(backend_argv, "backend_listening") as (backend, backend_port):
-        proxy_argv = [
-            script_path("hangup-proxy"),
-            "--listen",
-            f"{LOOPBACK}:0",
-            "--upstream",
-            f"http://{LOOPBACK}:{backend_port}",
-        ]
-        async with running_script(proxy_argv, "proxy_listening") as (proxy, port):
-            client = await RawConnection.open(port)
-            await client.send(
-                request_bytes(
-                    "GET", "/stream?events=1000&interval=0.1", [("X-Request-ID", "sse-1")]
-                )
-            )
-            async with asyncio.timeout(WAIT):
-                await client.reader.readuntil(b"data: token 1\n\n")
-            client.hang_up("fin")
-            await backend.wait_for_event("stream_cancelled", request_id="sse-1")
-            line = await proxy.wait_for_event("request", request_id="sse-1")
+    async with running_stack() as stack:
+        client = await RawConnection.open(stack.port)
+        await client.send(
+            request_bytes("GET", "/stream?events=1000&interval=0.1", [("X-Request-ID", "sse-1")])
+        )
+        async with asyncio.timeout(WAIT):
+            await client.reader.readuntil(b"data: token 1\n\n")
+        client.hang_up("fin")
+        await stack.backend.wait_for_event("stream_cancelled", request_id="sse-1")
+        line = await stack.proxy.wait_for_event("request", request_id="sse-1")
     assert (line["outcome"], line["phase"], line["upstream_closed"]) == (
         "client_hangup",
         "streaming_response",
         True,
     )
-    assert backend.events("stream_completed") == []
+    assert stack.backend.events("stream_completed") == []

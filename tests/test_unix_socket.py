@@ -10,12 +10,10 @@ import pytest
 from proxy.config import parse_upstream
 from tests.conftest import ProxyFactory
 from tests.support import (
-    LOOPBACK,
     HangupKind,
     RawConnection,
     request_bytes,
-    running_script,
-    script_path,
+    running_stack,
 )
 
 
@@ -58,24 +56,15 @@ async def test_a_hang_up_cancels_the_backend_handler_over_a_unix_socket(
     tmp_path: Path, kind: HangupKind
 ) -> None:
     path = tmp_path / "backend.sock"
-    backend_argv = [script_path("hangup-demo-backend"), "--uds", str(path)]
-    async with running_script(backend_argv, "backend_listening") as (backend, _):
-        proxy_argv = [
-            script_path("hangup-proxy"),
-            "--listen",
-            f"{LOOPBACK}:0",
-            "--upstream",
-            f"unix:{path}",
-        ]
-        async with running_script(proxy_argv, "proxy_listening") as (proxy, port):
-            client = await RawConnection.open(port)
-            await client.send(
-                request_bytes("GET", "/slow?seconds=30", [("X-Request-ID", f"uds-{kind}")])
-            )
-            await backend.wait_for_event("slow_started", request_id=f"uds-{kind}")
-            client.hang_up(kind)
-            await backend.wait_for_event("handler_cancelled", request_id=f"uds-{kind}")
-            line = await proxy.wait_for_event("request", request_id=f"uds-{kind}")
+    async with running_stack(("--uds", str(path)), upstream=f"unix:{path}") as stack:
+        client = await RawConnection.open(stack.port)
+        await client.send(
+            request_bytes("GET", "/slow?seconds=30", [("X-Request-ID", f"uds-{kind}")])
+        )
+        await stack.backend.wait_for_event("slow_started", request_id=f"uds-{kind}")
+        client.hang_up(kind)
+        await stack.backend.wait_for_event("handler_cancelled", request_id=f"uds-{kind}")
+        line = await stack.proxy.wait_for_event("request", request_id=f"uds-{kind}")
     assert (line["status"], line["outcome"], line["upstream_closed"]) == (
         499,
         "client_hangup",

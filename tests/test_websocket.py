@@ -12,7 +12,6 @@ import base64
 import hashlib
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -28,10 +27,9 @@ from tests.support import (
     WAIT,
     HangupKind,
     RawConnection,
-    ScriptProcess,
+    Stack,
     request_bytes,
-    running_script,
-    script_path,
+    running_stack,
     watch_logs,
 )
 
@@ -472,29 +470,12 @@ async def test_draining_closes_open_websockets_with_going_away_at_once(
 # --- end to end: the real console scripts --------------------------------------------------------
 
 
-@dataclass
-class Stack:
-    backend: ScriptProcess
-    backend_port: int
-    proxy: ScriptProcess
-    port: int
-
-
 @pytest.fixture(params=["h11", "httptools"])
 async def stack(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
     """``hangup-demo-backend`` behind ``hangup-proxy``."""
-    backend_argv = [script_path("hangup-demo-backend"), "--port", "0", "--http", request.param]
-    async with running_script(backend_argv, "backend_listening") as (backend, backend_port):
-        proxy_argv = [
-            script_path("hangup-proxy"),
-            "--listen",
-            f"{LOOPBACK}:0",
-            "--upstream",
-            f"http://{LOOPBACK}:{backend_port}",
-        ]
-        async with running_script(proxy_argv, "proxy_listening") as (proxy, port):
-            yield Stack(backend, backend_port, proxy, port)
-    assert not any("Traceback" in line for line in backend.raw_lines)
+    async with running_stack(("--port", "0", "--http", request.param)) as started:
+        yield started
+    assert not any("Traceback" in line for line in started.backend.raw_lines)
 
 
 async def backend_stats(port: int) -> dict[str, int]:
