@@ -1,0 +1,228 @@
+"""The numbers: medians over rounds, percentiles over probes, and the one markdown table."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from benchmarks.memory import MemoryReading
+from benchmarks.propagation import ProbeSeries
+from benchmarks.wrk import WrkResult
+
+DIRECT, NGINX, HANGUP = "direct", "nginx", "hangup"
+TARGETS = (DIRECT, NGINX, HANGUP)
+SIZES = {"1k": "1 KiB", "100k": "100 KiB"}
+TIMES = "\N{MULTIPLICATION SIGN}"
+
+# Issue 6's targets, as ratios to nginx (one worker) or absolute bounds.
+MIN_RPS_RATIO = {"1k": 0.5, "100k": 0.9}
+MAX_P99_RATIO = 2.0
+MAX_IDLE_PROPAGATION_P99_MS = 1.0
+MAX_LOADED_PROPAGATION_P99_MS = 5.0
+MAX_KIB_PER_IDLE_CONNECTION = 40.0
+
+
+@dataclass
+class Results:
+    """Everything one run measured, by target (``direct``, ``nginx``, ``hangup``)."""
+
+    labels: dict[str, str]
+    throughput: dict[tuple[str, str], list[WrkResult]] = field(default_factory=dict)
+    """(target, size) → one wrk result per round."""
+    idle: dict[str, ProbeSeries] = field(default_factory=dict)
+    loaded: dict[str, ProbeSeries] = field(default_factory=dict)
+    load: dict[str, list[WrkResult]] = field(default_factory=dict)
+    """The wrk runs that loaded each proxy while its loaded probes ran."""
+    memory: dict[str, MemoryReading] = field(default_factory=dict)
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile with linear interpolation between ranks (numpy's default method)."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _median_of(runs: Sequence[WrkResult], metric: Callable[[WrkResult], float]) -> float:
+    return statistics.median(metric(run) for run in runs) if runs else math.nan
+
+
+def _rps(run: WrkResult) -> float:
+    return run.requests_per_second
+
+
+def _p50(run: WrkResult) -> float:
+    return run.p50_ms
+
+
+def _p99(run: WrkResult) -> float:
+    return run.p99_ms
+
+
+def _ratio(hangup: float, nginx: float) -> float:
+    return hangup / nginx if nginx and not math.isnan(nginx) else math.nan
+
+
+def _met(ok: bool | None) -> str:
+    return "—" if ok is None else ("yes" if ok else "**no**")
+
+
+def _num(value: float, digits: int = 2) -> str:
+    return "—" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def _series(series: ProbeSeries | None) -> str:
+    if series is None:
+        return "—"
+    if not series.samples_ms:
+        return f"none of {series.missed} arrived"
+    samples = series.samples_ms
+    text = f"{statistics.median(samples):.3f} / {quantile(samples, 0.99):.3f} / {max(samples):.3f}"
+    return text + (f" ({series.missed} missed)" if series.missed else "")
+
+
+def _p99_of(series: ProbeSeries | None) -> float:
+    if series is None or not series.samples_ms or series.missed:
+        return math.nan
+    return quantile(series.samples_ms, 0.99)
+
+
+def render(results: Results, *, held_target: int) -> str:
+    """The one markdown table: a row per metric, a column per target, then ratio and target."""
+    header = [
+        "metric",
+        *(results.labels[target] for target in TARGETS),
+        "hangup ÷ nginx",
+        "target",
+        "met",
+    ]
+    rows: list[list[str]] = []
+    for size, size_label in SIZES.items():
+        runs = {target: results.throughput.get((target, size), []) for target in TARGETS}
+        rps = {target: _median_of(runs[target], _rps) for target in TARGETS}
+        p50 = {target: _median_of(runs[target], _p50) for target in TARGETS}
+        p99 = {target: _median_of(runs[target], _p99) for target in TARGETS}
+        rps_ratio = _ratio(rps[HANGUP], rps[NGINX])
+        p99_ratio = _ratio(p99[HANGUP], p99[NGINX])
+        rows.append(
+            [
+                f"{size_label}: req/s (median, and range over rounds)",
+                *(_rps_cell(runs[target]) for target in TARGETS),
+                f"{_num(rps_ratio)}{TIMES}",
+                f"≥ {MIN_RPS_RATIO[size]}{TIMES} nginx",
+                _met(None if math.isnan(rps_ratio) else rps_ratio >= MIN_RPS_RATIO[size]),
+            ]
+        )
+        rows.append(
+            [
+                f"{size_label}: p50 latency (ms)",
+                *(_num(p50[target]) for target in TARGETS),
+                f"{_num(_ratio(p50[HANGUP], p50[NGINX]))}{TIMES}",
+                "",
+                "",
+            ]
+        )
+        rows.append(
+            [
+                f"{size_label}: p99 latency (ms)",
+                *(_num(p99[target]) for target in TARGETS),
+                f"{_num(p99_ratio)}{TIMES}",
+                f"≤ {MAX_P99_RATIO:g}{TIMES} nginx",
+                _met(None if math.isnan(p99_ratio) else p99_ratio <= MAX_P99_RATIO),
+            ]
+        )
+    idle_p99 = _p99_of(results.idle.get(HANGUP))
+    loaded_p99 = _p99_of(results.loaded.get(HANGUP))
+    rows.append(
+        [
+            "hang-up → upstream EOF, idle: median / p99 / max (ms)",
+            *(_series(results.idle.get(target)) for target in TARGETS),
+            "",
+            f"p99 ≤ {MAX_IDLE_PROPAGATION_P99_MS:g} ms",
+            _met(None if math.isnan(idle_p99) else idle_p99 <= MAX_IDLE_PROPAGATION_P99_MS),
+        ]
+    )
+    rows.append(
+        [
+            "hang-up → upstream EOF, under wrk load: median / p99 / max (ms)",
+            *(_series(results.loaded.get(target)) for target in TARGETS),
+            "",
+            f"p99 ≤ {MAX_LOADED_PROPAGATION_P99_MS:g} ms",
+            _met(None if math.isnan(loaded_p99) else loaded_p99 <= MAX_LOADED_PROPAGATION_P99_MS),
+        ]
+    )
+    load_rps = {
+        target: _median_of(results.load[target], _rps) if target in results.load else math.nan
+        for target in TARGETS
+    }
+    rows.append(
+        [
+            "… the load meanwhile (req/s, 1 KiB from the hold origin)",
+            *(_num(load_rps[target], 0) for target in TARGETS),
+            f"{_num(_ratio(load_rps[HANGUP], load_rps[NGINX]))}{TIMES}",
+            "",
+            "",
+        ]
+    )
+    rows.append(
+        [
+            "idle RSS (MiB)",
+            *(_idle_rss(results.memory.get(target)) for target in TARGETS),
+            "",
+            "",
+            "",
+        ]
+    )
+    memory = results.memory.get(HANGUP)
+    per_connection = memory.per_connection_kib if memory is not None else math.nan
+    held = memory.held if memory is not None else held_target
+    rows.append(
+        [
+            f"RSS per idle keep-alive client connection, {held:,} held (KiB)",
+            *(_per_connection(results.memory.get(target)) for target in TARGETS),
+            "",
+            f"≤ {MAX_KIB_PER_IDLE_CONNECTION:g} KiB",
+            _met(
+                None
+                if math.isnan(per_connection)
+                else per_connection <= MAX_KIB_PER_IDLE_CONNECTION
+            ),
+        ]
+    )
+    rows.append(
+        ["`--workers N`", "—", "—", "not implemented yet (issue 6)", "", "", ""],
+    )
+    lines = [_row(header), _row(["---", *["---:"] * (len(header) - 3), "---", "---"])]
+    lines.extend(_row(row) for row in rows)
+    return "\n".join(lines)
+
+
+def _rps_cell(runs: Sequence[WrkResult]) -> str:
+    if not runs:
+        return "—"
+    values = [run.requests_per_second for run in runs]
+    text = f"{statistics.median(values):,.0f}"
+    return text if len(values) == 1 else f"{text} ({min(values):,.0f} to {max(values):,.0f})"
+
+
+def _idle_rss(reading: MemoryReading | None) -> str:
+    if reading is None:
+        return "—"
+    text = f"{reading.idle_kib / 1024:.1f}"
+    if reading.other_kib:
+        text += f" (+ master {reading.other_kib / 1024:.1f})"
+    return text
+
+
+def _per_connection(reading: MemoryReading | None) -> str:
+    return "—" if reading is None else f"{reading.per_connection_kib:.1f}"
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"

@@ -1,0 +1,373 @@
+"""``benchmarks/run [--quick] [--json PATH]``: hangup next to nginx and the bare origin, one table.
+
+The plan (issue 6):
+
+1. Find wrk and nginx, installing Debian's packages when they are missing.
+2. Start, each pinned with taskset: the origin (nginx, one worker, static ``/1k`` and ``/100k``)
+   on the load core, next to wrk and this driver; the reference proxy (nginx, one worker,
+   HTTP/1.1 upstream keep-alive) and hangup (one process, default configuration, its canonical
+   log line written to /dev/null) on the other core. In this process: the hold origin for
+   hang-up timing, behind a second nginx ``server`` and a second hangup process.
+3. Check that every target answers ``/1k`` and ``/100k`` whole.
+4. Memory: RSS of each proxy idle, then with N idle keep-alive client connections held.
+5. Warm-up, then interleaved rounds (the order of targets rotates each round): wrk -t1 -c64
+   for every target and body size; then, per target, hang-ups one at a time while idle and
+   while wrk loads the same proxy.
+6. Print one markdown table (medians over rounds; hang-ups pooled over rounds), stop every
+   process by PID, and exit 1 if anything did not work (an error answer, a hang-up that never
+   reached the origin), whatever the speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import uvloop
+
+from benchmarks import client, interference, memory, nginx
+from benchmarks.hold_origin import HoldOrigin
+from benchmarks.plan import FULL, HANGUP_SCRIPT, QUICK, Plan
+from benchmarks.processes import (
+    LOOPBACK,
+    Fleet,
+    Pinning,
+    StartError,
+    children_of,
+    choose_pinning,
+    free_port,
+    wait_until_listening,
+)
+from benchmarks.propagation import ProbeSeries, probe_series
+from benchmarks.provenance import preamble
+from benchmarks.report import DIRECT, HANGUP, NGINX, SIZES, TARGETS, Results, render
+from benchmarks.tools import ToolError, Tools, ensure_tools, version_of
+from benchmarks.wrk import WrkError, WrkResult, run_wrk
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a target is reached: ``port`` leads to the nginx origin, ``hold_port`` to the hold
+    origin in this process."""
+
+    port: int
+    hold_port: int
+    pid: int | None = None
+    """The process whose RSS counts (nginx's worker, hangup's only process)."""
+    helper_pid: int | None = None
+    """A process counted apart (nginx's master)."""
+
+
+@dataclass
+class Run:
+    """One benchmark run's moving parts."""
+
+    plan: Plan
+    tools: Tools
+    pinning: Pinning
+    fleet: Fleet
+    prefix: Path
+    say: Callable[[str], None]
+    origin: HoldOrigin = field(default_factory=HoldOrigin)
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    """What did not work: the run exits 1."""
+    warnings: list[str] = field(default_factory=list)
+    """What makes a number less trustworthy without anything failing: printed, exit 0."""
+    interference: list[tuple[str, float]] = field(default_factory=list)
+    """(what ran, cores other processes took meanwhile) for every measured wrk run."""
+
+    def url(self, target: str, path: str, *, hold: bool = False) -> str:
+        endpoint = self.endpoints[target]
+        return f"http://{LOOPBACK}:{endpoint.hold_port if hold else endpoint.port}{path}"
+
+    async def wrk(self, url: str, seconds: int, *, label: str | None = None) -> WrkResult:
+        """One wrk run; with a ``label``, it is measured, and others' CPU use meanwhile noted."""
+        before = interference.read(self.fleet.pids())
+        result = await run_wrk(
+            self.fleet, self.tools.wrk, url, seconds=seconds, core=self.pinning.load_core
+        )
+        if label is not None:
+            after = interference.read(self.fleet.pids())
+            self.interference.append((label, interference.others_cores(before, after)))
+        problem = result.problem()
+        if problem is not None:
+            self.problems.append(f"wrk on {url}: {problem}")
+        return result
+
+
+# --- start-up ---------------------------------------------------------------------------------
+
+
+async def start_targets(run: Run) -> None:
+    hold_port = await run.origin.start()
+    origin_port, proxy_port, proxy_hold_port = free_port(), free_port(), free_port()
+    hangup_port, hangup_hold_port = free_port(), free_port()
+    www = nginx.write_site(run.prefix)
+
+    origin_config = nginx.origin_config(run.prefix, origin_port, www)
+    origin = await _start_nginx(run, "origin", origin_config, origin_port, run.pinning.load_core)
+    routes = [nginx.Route(proxy_port, origin_port), nginx.Route(proxy_hold_port, hold_port)]
+    proxy_config = nginx.proxy_config(run.prefix, routes)
+    proxy = await _start_nginx(run, "proxy", proxy_config, proxy_port, run.pinning.proxy_core)
+    workers = children_of(proxy)
+    for worker in workers:
+        run.fleet.adopt("nginx proxy worker", worker)
+    for worker in children_of(origin):
+        run.fleet.adopt("nginx origin worker", worker)
+    hangup = await _start_hangup(run, hangup_port, origin_port)
+    await _start_hangup(run, hangup_hold_port, hold_port)
+    if len(workers) != 1:
+        raise StartError(f"the nginx proxy should run one worker, found {len(workers)}")
+    run.endpoints = {
+        DIRECT: Endpoint(origin_port, hold_port),
+        NGINX: Endpoint(proxy_port, proxy_hold_port, pid=workers[0], helper_pid=proxy),
+        HANGUP: Endpoint(hangup_port, hangup_hold_port, pid=hangup),
+    }
+
+
+async def _start_nginx(run: Run, name: str, config: str, port: int, core: int | None) -> int:
+    argv = nginx.nginx_argv(run.tools.nginx, run.prefix, name, config)
+    log = run.prefix / f"{name}-error.log"
+    process = run.fleet.spawn(f"nginx {name}", argv, core=core)
+    await wait_until_listening(f"nginx {name}", process, port, log)
+    return process.pid
+
+
+async def _start_hangup(run: Run, port: int, upstream_port: int) -> int:
+    if not HANGUP_SCRIPT.exists():
+        raise StartError(f"{HANGUP_SCRIPT} is missing: run `source scripts/_venv.sh` first")
+    argv = [
+        str(HANGUP_SCRIPT),
+        "--listen",
+        f"{LOOPBACK}:{port}",
+        "--upstream",
+        f"http://{LOOPBACK}:{upstream_port}",
+    ]
+    log = run.prefix / f"hangup-{port}.stderr"
+    with log.open("wb") as stderr:
+        # The default configuration, canonical log line included; stdout goes to /dev/null so
+        # that no terminal or pipe reader sets the pace.
+        process = run.fleet.spawn(
+            f"hangup-proxy :{port}", argv, core=run.pinning.proxy_core, stderr=stderr
+        )
+    await wait_until_listening("hangup-proxy", process, port, log)
+    return process.pid
+
+
+async def check_answers(run: Run) -> None:
+    """Every target answers every path whole, before anything is timed."""
+    for target in TARGETS:
+        for path, size in nginx.BODY_SIZES.items():
+            sock, answer = await client.get(run.endpoints[target].port, f"/{path}")
+            sock.close()
+            if (answer.status, answer.body_length) != (200, size):
+                raise StartError(
+                    f"{target} answered GET /{path} with {answer.status} and "
+                    f"{answer.body_length} bytes; expected 200 and {size}"
+                )
+
+
+# --- phases -----------------------------------------------------------------------------------
+
+
+async def measure_memory(run: Run, results: Results) -> None:
+    for target in (NGINX, HANGUP):
+        endpoint = run.endpoints[target]
+        assert endpoint.pid is not None  # noqa: S101 - set for both proxies in start_targets
+        idle = memory.rss_kib(endpoint.pid)
+        run.say(f"memory: holding {run.plan.held} idle connections to {target}")
+        held = await memory.hold_connections(endpoint.port, run.plan.held)
+        try:
+            # Let the last responses' buffers be released before reading.
+            await asyncio.sleep(0.5)
+            loaded = memory.rss_kib(endpoint.pid)
+        finally:
+            memory.release(held)
+        helper = memory.rss_kib(endpoint.helper_pid) if endpoint.helper_pid else 0
+        results.memory[target] = memory.MemoryReading(idle, loaded, run.plan.held, helper)
+        # Give the proxy time to notice the closed connections before the next phase.
+        await asyncio.sleep(0.5)
+
+
+async def warm_up(run: Run) -> None:
+    run.say("warm-up")
+    for target in TARGETS:
+        for size in SIZES:
+            await run.wrk(run.url(target, f"/{size}"), run.plan.warmup_seconds)
+        if target != DIRECT:
+            await run.wrk(run.url(target, "/1k", hold=True), run.plan.warmup_seconds)
+
+
+def rotated(items: tuple[str, ...], by: int) -> list[str]:
+    shift = by % len(items)
+    return [*items[shift:], *items[:shift]]
+
+
+async def throughput_round(run: Run, results: Results, number: int) -> None:
+    sizes = tuple(SIZES)
+    for target in rotated(TARGETS, number):
+        for size in rotated(sizes, number):
+            run.say(f"round {number + 1}: {target} {size}")
+            label = f"{target} {size} round {number + 1}"
+            result = await run.wrk(run.url(target, f"/{size}"), run.plan.seconds, label=label)
+            results.throughput.setdefault((target, size), []).append(result)
+
+
+async def hangup_round(run: Run, results: Results, number: int) -> None:
+    for target in rotated(TARGETS, number):
+        port = run.endpoints[target].hold_port
+        run.say(f"round {number + 1}: {target} hang-ups, idle")
+        idle = await probe_series(run.origin, port, run.plan.probes_per_round)
+        results.idle.setdefault(target, ProbeSeries()).extend(idle)
+        if target == DIRECT:
+            # wrk straight at the hold origin would load this driver, not a proxy.
+            continue
+        run.say(f"round {number + 1}: {target} hang-ups, under load")
+        loaded, load = await _probes_under_load(run, target, port)
+        results.loaded.setdefault(target, ProbeSeries()).extend(loaded)
+        results.load.setdefault(target, []).append(load)
+    for target in TARGETS:
+        for name, series in (("idle", results.idle), ("under load", results.loaded)):
+            missed = series[target].missed if target in series else 0
+            if missed:
+                run.problems.append(f"{target}: {missed} hang-ups {name} never reached the origin")
+
+
+async def _probes_under_load(run: Run, target: str, port: int) -> tuple[ProbeSeries, WrkResult]:
+    seconds = run.plan.load_seconds
+    started = time.monotonic()
+    label = f"{target} hang-ups under load"
+    load = asyncio.create_task(run.wrk(run.url(target, "/1k", hold=True), seconds, label=label))
+    try:
+        # Let wrk open its connections and reach full rate first.
+        await asyncio.sleep(min(1.0, seconds / 4))
+        series = await probe_series(run.origin, port, run.plan.probes_per_round)
+        if time.monotonic() - started > seconds:
+            run.warnings.append(f"{target}: hang-ups under load outlasted the {seconds} s load")
+        return series, await load
+    finally:
+        if not load.done():
+            load.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await load
+
+
+async def measure(run: Run) -> Results:
+    try:
+        await start_targets(run)
+        await check_answers(run)
+        results = Results(labels=_labels(run.tools))
+        await measure_memory(run, results)
+        await warm_up(run)
+        for number in range(run.plan.rounds):
+            await throughput_round(run, results, number)
+            await hangup_round(run, results, number)
+        return results
+    finally:
+        await run.origin.close()
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def _labels(tools: Tools) -> dict[str, str]:
+    nginx_version = version_of([str(tools.nginx), "-v"]).rpartition("/")[2] or "?"
+    return {
+        DIRECT: "direct to origin",
+        NGINX: f"nginx {nginx_version} (1 worker)",
+        HANGUP: "hangup (1 process)",
+    }
+
+
+NOTES = """\
+"direct to origin" is wrk against the nginx origin itself, on the same core (not a strict
+ceiling: a proxy between them lets wrk and the origin batch more work per wake-up); its hang-up
+row is the hold origin reached without a proxy (the floor of the measurement). Ratios are
+hangup ÷ nginx in this run. Both proxies log one line per request to /dev/null."""
+
+
+def to_json(results: Results, run: Run) -> dict[str, object]:
+    return {
+        "plan": asdict(run.plan),
+        "labels": results.labels,
+        "throughput": {
+            f"{target}/{size}": [asdict(r) for r in runs]
+            for (target, size), runs in results.throughput.items()
+        },
+        "hangup_idle_ms": {target: asdict(series) for target, series in results.idle.items()},
+        "hangup_loaded_ms": {target: asdict(series) for target, series in results.loaded.items()},
+        "load_during_hangups": {t: [asdict(r) for r in runs] for t, runs in results.load.items()},
+        "memory_kib": {target: asdict(reading) for target, reading in results.memory.items()},
+        "problems": run.problems,
+        "warnings": run.warnings,
+        "others_cores": [{"run": label, "cores": cores} for label, cores in run.interference],
+    }
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+
+def _say(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks/run", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run of well under a minute (CI)"
+    )
+    parser.add_argument("--json", type=Path, help="also write every sample to this JSON file")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    command = "benchmarks/run" + (" --quick" if args.quick else "")
+    try:
+        tools = ensure_tools(_say)
+    except ToolError as exc:
+        _say(str(exc))
+        return 2
+    pinning = choose_pinning()
+    if pinning.load_core is not None:
+        os.sched_setaffinity(0, {pinning.load_core})
+    # Held client sockets here, and as many again in the proxy (which inherits the limit).
+    limit = memory.raise_open_file_limit(plan.held * 3 + 1024)
+    if limit < plan.held * 2 + 256:
+        _say(f"RLIMIT_NOFILE is {limit}: too low to hold {plan.held} connections")
+        return 2
+    fleet = Fleet(_say, tools.taskset)
+    with tempfile.TemporaryDirectory(prefix="hangup-bench-") as tmp:
+        prefix = Path(tmp)
+        # nginx's workers drop root privileges and must still read the site and temp dirs.
+        prefix.chmod(0o755)
+        run = Run(plan, tools, pinning, fleet, prefix, _say)
+        try:
+            results = uvloop.run(measure(run))
+        except (StartError, WrkError, OSError, RuntimeError, TimeoutError) as exc:
+            _say(f"the benchmark did not complete: {type(exc).__name__}: {exc}")
+            return 1
+        finally:
+            fleet.stop_all()
+        run.warnings += nginx.complaints(prefix)
+    print(preamble(plan, tools, pinning, run.interference, command), end="\n\n")
+    print(render(results, held_target=plan.held), end="\n\n")
+    print(NOTES)
+    if args.json is not None:
+        args.json.write_text(json.dumps(to_json(results, run), indent=2) + "\n")
+    for warning in run.warnings:
+        _say(f"warning: {warning}")
+    for problem in run.problems:
+        _say(f"problem: {problem}")
+    return 1 if run.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

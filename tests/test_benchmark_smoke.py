@@ -1,0 +1,104 @@
+"""The benchmark's quick mode still works end to end: a smoke test, never a timing test.
+
+It runs ``python -m benchmarks.run --quick`` (what ``benchmarks/run --quick`` runs), which
+installs wrk and nginx from Debian's packages when they are missing, and checks that it exits 0,
+prints the one table with a number in every measured cell, and leaves none of the processes it
+started running. How fast anything was is not checked: CI machines vary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.tools import missing_programs, why_cannot_install
+
+ROOT = Path(__file__).resolve().parent.parent
+# The run itself takes about 25 s; a first install of wrk and nginx with apt-get adds more.
+RUN_BOUND = 480
+
+
+def _skip_reason() -> str | None:
+    missing = missing_programs()
+    reason = why_cannot_install()
+    if missing and reason is not None:
+        return f"{' and '.join(missing)} missing and cannot be installed: {reason}"
+    return None
+
+
+def _run_quick_mode() -> subprocess.CompletedProcess[str]:
+    # A session of its own, so that on timeout the driver and everything it started can be
+    # ended by the one process-group id this test created.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.run", "--quick"],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=RUN_BOUND)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"benchmarks.run --quick ran past {RUN_BOUND} s:\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def _table_row(stdout: str, metric: str) -> list[str]:
+    for line in stdout.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if cells[0] == metric:
+            return cells
+    raise AssertionError(f"no table row {metric!r} in:\n{stdout}")
+
+
+def _is_number(cell: str) -> bool:
+    return re.fullmatch(r"[\d,]+(\.\d+)?", cell) is not None
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+@pytest.mark.timeout(RUN_BOUND + 60)
+def test_quick_benchmark_prints_the_table_and_stops_every_process_it_started() -> None:
+    reason = _skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+
+    result = _run_quick_mode()
+
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-4000:]}"
+    assert "QUICK MODE" in result.stdout
+    for metric in (
+        "1 KiB: req/s (median, and range over rounds)",
+        "1 KiB: p99 latency (ms)",
+        "100 KiB: req/s (median, and range over rounds)",
+    ):
+        direct, nginx, hangup = _table_row(result.stdout, metric)[1:4]
+        assert all(_is_number(cell) for cell in (direct, nginx, hangup)), (metric, result.stdout)
+    idle = _table_row(result.stdout, "hang-up → upstream EOF, idle: median / p99 / max (ms)")
+    assert all(re.fullmatch(r"[\d.]+ / [\d.]+ / [\d.]+", cell) for cell in idle[1:4]), idle
+    memory = _table_row(result.stdout, "RSS per idle keep-alive client connection, 200 held (KiB)")
+    assert _is_number(memory[3]), memory
+
+    started = {int(pid) for pid in re.findall(r"started pid (\d+)", result.stderr)}
+    stopped = {int(pid) for pid in re.findall(r"stopped pid (\d+)", result.stderr)}
+    assert started, result.stderr[-4000:]
+    assert started == stopped, result.stderr[-4000:]
+    assert not [pid for pid in started if _is_alive(pid)]
