@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -17,6 +18,11 @@ from proxy.gate import Rejection
 from proxy.routes import DEFAULT_RULE, Action, Decision
 
 _DEFAULT_DECISION = Decision(Action.CANCEL, 0.0, DEFAULT_RULE)
+
+
+def _nothing() -> None:
+    return None
+
 
 log = structlog.get_logger("hangup.proxy")
 
@@ -70,6 +76,8 @@ class Exchange:
     """True when the proxy closed the upstream connection because the client hung up."""
     reason: str | None = None
     client_gone: bool = False
+    release_hangup_hook: Callable[[], None] = _nothing
+    """Undoes the forwarder's synchronous hang-up hook when the exchange ends."""
     decision: Decision = _DEFAULT_DECISION
     """The policy rule that decides what a hang-up does to this request."""
     body_problem: Rejection | None = None
@@ -95,7 +103,8 @@ class Exchange:
     def closed_upstream(self) -> None:
         """The upstream connection was closed because the client left (after ``hung_up``)."""
         self.upstream_closed = True
-        self.upstream_closed_at = time.perf_counter()
+        if self.upstream_closed_at is None:
+            self.upstream_closed_at = time.perf_counter()
 
     def cancel_propagation(self) -> float | None:
         """Seconds from the client leaving to the upstream connection closing, if both happened."""

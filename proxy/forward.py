@@ -32,7 +32,8 @@ by back-pressure, so a slow upload or a slow reader is never blamed on the upstr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 from aiohttp import ClientConnectorError, ClientError, ClientResponse, ClientSession, web
@@ -41,6 +42,7 @@ from yarl import URL
 
 from proxy.config import ProxyConfig
 from proxy.exchange import Exchange, Outcome, Phase
+from proxy.frontend import GateRequestHandler
 from proxy.gate import Rejection, body_too_large, check_request
 from proxy.headers import (
     downstream_response_headers,
@@ -51,6 +53,7 @@ from proxy.headers import (
 from proxy.metrics import ProxyMetrics
 from proxy.response import ForwardedResponse, must_be_empty
 from proxy.routes import Action, RoutePolicy
+from proxy.upstream import CLAIM, UpstreamClaim
 from proxy.websocket import WebSocketTunnels, is_websocket_handshake
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -120,6 +123,8 @@ class Forwarder:
         structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
         upstream: ClientResponse | None = None
         self._metrics.started()
+        if exchange.cancellable:
+            self._cut_on_hangup(request, exchange)
         try:
             rejection = self._admission(request)
             if rejection is not None:
@@ -160,8 +165,30 @@ class Forwarder:
         finally:
             self._finished(exchange, upstream)
 
+    def _cut_on_hangup(self, request: web.BaseRequest, exchange: Exchange) -> None:
+        """Close this exchange's upstream connection inside the client's ``connection_lost``.
+
+        The connector records the connection it hands this task (``proxy.upstream.CLAIM``, a
+        context variable, so exactly this exchange's); the hook is removed when the exchange
+        ends, so a later hang-up can never close a pooled connection serving someone else.
+        """
+        claim = UpstreamClaim()
+        CLAIM.set(claim)
+        protocol = request.protocol
+        if not isinstance(protocol, GateRequestHandler):
+            return
+
+        def cut() -> None:
+            if claim.cut():
+                exchange.hung_up()
+                exchange.closed_upstream()
+
+        protocol.hangup_hooks.append(cut)
+        exchange.release_hangup_hook = lambda: _discard_hook(protocol, cut, claim)
+
     def _finished(self, exchange: Exchange, upstream: ClientResponse | None) -> None:
         """Every exchange ends here once: its upstream closed unless completed, then recorded."""
+        exchange.release_hangup_hook()
         if upstream is not None and exchange.outcome is not Outcome.COMPLETED:
             upstream.close()
             if exchange.client_gone and exchange.cancellable and not exchange.upstream_closed:
@@ -324,6 +351,14 @@ class Forwarder:
             return _error_response(502, "the upstream could not be reached")
         exchange.finish(Outcome.UPSTREAM_ERROR, 502, f"upstream_failed: {type(exc).__name__}")
         return _error_response(502, "the upstream connection failed")
+
+
+def _discard_hook(
+    protocol: GateRequestHandler, hook: Callable[[], None], claim: UpstreamClaim
+) -> None:
+    claim.connection = None
+    with contextlib.suppress(ValueError):  # already run and cleared by connection_lost
+        protocol.hangup_hooks.remove(hook)
 
 
 async def _discard(upstream: ClientResponse) -> None:

@@ -78,6 +78,9 @@ class GateRequestHandler(RequestHandler):
         self._gate = manager
         self._header_deadline: asyncio.TimerHandle | None = None
         self._head_started = False
+        self.hangup_hooks: list[Callable[[], object]] = []
+        """Called first thing when the connection is lost, before aiohttp cancels the handler:
+        the forwarder closes the request's upstream connection here, with no wait for a turn."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -88,6 +91,9 @@ class GateRequestHandler(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm_header_deadline()
+        for hook in self.hangup_hooks:
+            hook()
+        self.hangup_hooks.clear()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:

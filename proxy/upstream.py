@@ -6,6 +6,9 @@ unsafe (cancellation-facts §4).
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
 from aiohttp import (
     BaseConnector,
     ClientSession,
@@ -15,8 +18,67 @@ from aiohttp import (
     UnixConnector,
     hdrs,
 )
+from aiohttp.connector import Connection
 
 from proxy.config import ProxyConfig
+
+if TYPE_CHECKING:
+    from aiohttp.client_reqrep import ClientRequest
+    from aiohttp.tracing import Trace
+
+
+class UpstreamClaim:
+    """The upstream connection one exchange holds, so a hang-up can close it synchronously.
+
+    Cancelling the exchange's task closes the connection too, but only when the task next runs:
+    under load that is one whole turn of the event loop later (about 18 ms with 64 busy clients,
+    benchmarks/). ``cut`` is called from the client connection's ``connection_lost`` itself.
+    """
+
+    __slots__ = ("connection",)
+
+    def __init__(self) -> None:
+        self.connection: Connection | None = None
+
+    def cut(self) -> bool:
+        """Close the claimed connection (never to the pool); True when there was one."""
+        connection, self.connection = self.connection, None
+        if connection is None or connection.closed:
+            return False
+        connection.close()
+        return True
+
+
+CLAIM: ContextVar[UpstreamClaim | None] = ContextVar("hangup_upstream_claim", default=None)
+"""Set by an exchange before it sends; the connector records the connection it hands out."""
+
+
+def _record(connection: Connection) -> Connection:
+    claim = CLAIM.get()
+    if claim is not None:
+        claim.connection = connection
+    return connection
+
+
+class _ClaimingTCPConnector(TCPConnector):
+    async def connect(
+        self,
+        req: ClientRequest,
+        traces: list[Trace],
+        timeout: ClientTimeout,  # noqa: ASYNC109 - aiohttp's own signature, overridden
+    ) -> Connection:
+        return _record(await super().connect(req, traces, timeout))
+
+
+class _ClaimingUnixConnector(UnixConnector):
+    async def connect(
+        self,
+        req: ClientRequest,
+        traces: list[Trace],
+        timeout: ClientTimeout,  # noqa: ASYNC109 - aiohttp's own signature, overridden
+    ) -> Connection:
+        return _record(await super().connect(req, traces, timeout))
+
 
 # aiohttp adds these unless told not to; a proxy must forward only what the client sent.
 _SKIP_AUTO_HEADERS = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE)
@@ -26,12 +88,12 @@ def _connector(config: ProxyConfig) -> BaseConnector:
     # Below the backend's idle timeout, or a request races the backend closing the socket.
     keepalive_timeout = config.upstream_keepalive_timeout
     if config.upstream.unix_path is not None:
-        return UnixConnector(
+        return _ClaimingUnixConnector(
             path=config.upstream.unix_path,
             limit=config.upstream_max_connections,
             keepalive_timeout=keepalive_timeout,
         )
-    return TCPConnector(
+    return _ClaimingTCPConnector(
         limit=config.upstream_max_connections,
         limit_per_host=0,
         keepalive_timeout=keepalive_timeout,

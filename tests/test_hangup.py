@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from proxy.frontend import GateRequestHandler
 from proxy.policy import CancelPolicy
 from tests.conftest import ProxyFactory
 from tests.raw_upstream import RawUpstream, ReceivedRequest, UpstreamConnection, response_bytes
@@ -160,3 +161,38 @@ async def test_a_write_is_carried_to_the_end_and_its_answer_discarded(
         200,
     )
     assert line["cancelled"] is False
+
+
+async def test_the_upstream_is_cut_from_connection_lost_and_only_while_the_exchange_runs(
+    upstream: RawUpstream, start_proxy: ProxyFactory
+) -> None:
+    """The synchronous cut is armed for exactly one exchange: a later hang-up on the same client
+    connection must never close a pooled upstream connection that now serves someone else."""
+    release_first = asyncio.Event()
+    never = asyncio.Event()
+
+    async def answer(request: ReceivedRequest, connection: UpstreamConnection) -> bytes:
+        await (release_first if request.target == "/first" else never).wait()
+        return response_bytes(200, b"ok")
+
+    upstream.answer = answer
+    async with start_proxy(upstream.url) as proxy:
+        assert proxy.runner.server is not None
+        client = await RawConnection.open(proxy.address.port)
+        await client.send(request_bytes("GET", "/first"))
+        await upstream.wait_requests(1)
+        [handler] = proxy.runner.server.connections
+        assert isinstance(handler, GateRequestHandler)
+        assert len(handler.hangup_hooks) == 1  # armed while the exchange waits
+        release_first.set()
+        assert (await client.read_response()).status == 200
+        assert handler.hangup_hooks == []  # disarmed once it ended
+        with watch_logs() as logs:
+            await client.send(request_bytes("GET", "/second"))
+            await upstream.wait_requests(2)
+            client.hang_up("rst")
+            line = await logs.wait_for("request")
+        await upstream.wait_until(lambda: upstream.closed_count() == 1)
+    assert line["upstream_closed"] is True
+    # The second request reused the pooled connection, and only its hang-up closed it.
+    assert len(upstream.connections) == 1
