@@ -316,6 +316,7 @@ class Forwarder:
             status=upstream.status,
             reason=upstream.reason,
             headers=downstream_response_headers(upstream.raw_headers),
+            body_already_here=upstream.content.total_bytes > 0 or upstream.content.is_eof(),
         )
         try:
             await response.prepare(request)

@@ -237,6 +237,7 @@ class WebSocketTunnels:
             status=head.status,
             reason=head.reason,
             headers=downstream_response_headers(head.headers),
+            body_already_here=True,  # read whole above
         )
         # The client asked to leave HTTP; after a refusal it gets a clean end instead.
         response.force_close()

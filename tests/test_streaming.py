@@ -100,3 +100,35 @@ async def test_hanging_up_on_a_stream_cancels_the_backend_generator() -> None:
         True,
     )
     assert stack.backend.events("stream_completed") == []
+
+
+async def test_headers_reach_the_client_before_a_late_body(start_proxy: ProxyFactory) -> None:
+    """Headers are held back only when body bytes came with them: a long poll sees its headers."""
+    client_saw_head = asyncio.Event()
+
+    async def long_poll(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
+        await writer.drain()
+        async with asyncio.timeout(WAIT):
+            await client_saw_head.wait()
+        writer.write(b"late")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(long_poll, LOOPBACK, 0)
+    try:
+        async with start_proxy(f"http://{LOOPBACK}:{server.sockets[0].getsockname()[1]}") as proxy:
+            client = await RawConnection.open(proxy.address.port)
+            await client.send(request_bytes("GET", "/poll"))
+            async with asyncio.timeout(WAIT):
+                head = await client.reader.readuntil(b"\r\n\r\n")
+            client_saw_head.set()
+            async with asyncio.timeout(WAIT):
+                body = await client.reader.readexactly(4)
+            await client.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert body == b"late"
