@@ -26,7 +26,8 @@ class ForwardedResponse(web.StreamResponse):
 
     With ``body_already_here`` (the upstream's first body bytes, or its end, arrived with its
     headers), the header block is held back and leaves in the same write as that first chunk:
-    one socket write fewer per small response (+8 % requests/s at 1 KiB, benchmarks/). Otherwise
+    one socket write fewer per small response (+8 % requests/s in a one-off experiment; within the
+    noise of the benchmark's full run). Otherwise
     the headers are sent at once, so a client of a slow or streaming answer sees them without
     waiting for its first byte of body.
     """
