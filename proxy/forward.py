@@ -129,13 +129,10 @@ class Forwarder:
             rejection = self._admission(request)
             if rejection is not None:
                 return _refuse(exchange, rejection)
-            expectation = expects_continue(request.headers.getall("Expect", []))
             self._upstream_active += 1
             try:
                 async with asyncio.timeout_at(self._client_deadline(request)) as budget:
-                    upstream = await self._send_upstream(
-                        request, exchange, send_continue=expectation
-                    )
+                    upstream = await self._send_upstream(request, exchange)
                     exchange.upstream_status = upstream.status
                     return await self._relay_response(request, exchange, upstream)
             except TimeoutError:
@@ -251,14 +248,17 @@ class Forwarder:
                 upstream.close()
             exchange.closed_upstream()
 
-    async def _send_upstream(
-        self, request: web.BaseRequest, exchange: Exchange, *, send_continue: bool | None
-    ) -> ClientResponse:
+    async def _send_upstream(self, request: web.BaseRequest, exchange: Exchange) -> ClientResponse:
         headers = upstream_request_headers(
             request.raw_headers, client_ip=request.remote, request_id=exchange.request_id
         )
         body = (
-            self._stream_request_body(request, exchange, send_continue=bool(send_continue))
+            self._stream_request_body(
+                request,
+                exchange,
+                # Only a request with a body looks again at Expect (admission vetted it already).
+                send_continue=expects_continue(request.headers.getall("Expect", [])) is True,
+            )
             if request.body_exists
             else None
         )
