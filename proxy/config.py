@@ -64,6 +64,16 @@ class Upstream:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    @property
+    def authority(self) -> str:
+        """``host[:port]`` for a ``Host`` header, when a client (HTTP/1.0) sent none.
+
+        RFC 9112 §3.2: an HTTP/1.1 request must carry ``Host``; the port is left out when it is
+        the scheme's default, as browsers and nginx's ``$proxy_host`` do.
+        """
+        authority = self.origin.removeprefix("http://")
+        return authority.removesuffix(":80") if self.port == 80 else authority
+
     def describe(self) -> str:
         return f"unix:{self.unix_path}" if self.unix_path is not None else self.origin
 

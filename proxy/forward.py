@@ -6,39 +6,38 @@ The front is aiohttp's low-level server, run with ``handler_cancellation=True``:
 connection is lost (FIN or RST), ``RequestHandler.connection_lost`` cancels the task running
 ``Forwarder.handle`` for it. What happens next depends on the method's policy:
 
-* **Cancellable** (GET, HEAD, OPTIONS, TRACE by default): the ``CancelledError`` lands wherever
-  the exchange is waiting — reading the client's body, waiting for the upstream's headers, or
-  streaming the upstream's body. aiohttp's client closes its connection when cancelled before the
-  response started; after that we call ``ClientResponse.close()`` ourselves, because
-  ``release()`` may return a connection to the pool (cancellation-facts §4). Either way the
-  upstream socket is closed, never pooled, so the backend's ``connection_lost`` fires.
+* **Cancellable** (GET, HEAD, OPTIONS, TRACE by default): before the task is even cancelled, a
+  hook run from that same ``connection_lost`` closes the exchange's upstream connection
+  (``UpstreamClaim``), so the backend learns of the hang-up within the loop turn that saw it. The
+  ``CancelledError`` then lands wherever the exchange was waiting (reading the client's body,
+  waiting for the upstream's head, or streaming its body) and the exchange ends as a 499. The
+  upstream connection is closed, never pooled, so the backend's ``connection_lost`` fires.
 
 * **Carried to the end** (everything else by default): the exchange runs in its own task and the
   handler only awaits it through ``asyncio.shield``. The hang-up cancels the handler, not the
   exchange: the request finishes reaching the upstream (if its body had fully arrived), the
   upstream answers, and the answer is read and discarded so the connection can be pooled again.
-  Nothing is retried: aiohttp's own retry of idempotent methods is switched off in
-  ``proxy.upstream``.
+  Nothing is ever retried (``proxy.upstream``).
 
-Every way an exchange can end funnels into ``Exchange.finish`` (first call wins) and one
-canonical log line written in ``_exchange``'s ``finally``.
+A request body is sent by a task of its own while the exchange waits for the upstream's head, so
+an upstream that answers early (a 413 or a 401 before reading the upload) is heard at once, as
+RFC 9112 §9.3 asks a client to. Every way an exchange can end funnels into ``Exchange.finish``
+(first call wins), then ``_finished``, which pools or closes the upstream connection and writes
+the one canonical log line.
 
-Timeouts: ``sock_connect`` bounds the TCP connect (→ 502) and ``sock_read`` bounds the wait for
-the upstream's headers once the request body is sent, then every gap between body reads (→ 504);
-aiohttp starts that clock only after the request is written and stops it while reading is paused
-by back-pressure, so a slow upload or a slow reader is never blamed on the upstream.
+Timeouts: ``--connect-timeout`` bounds the TCP connect (→ 502) and ``--upstream-timeout`` bounds
+the wait for the upstream's head once the request is written, then every gap between body chunks
+(→ 504); ``proxy.upstream`` stops that clock while reading is paused by a slow client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import structlog
-from aiohttp import ClientConnectorError, ClientError, ClientResponse, ClientSession, web
-from aiohttp.client_exceptions import ServerTimeoutError, SocketTimeoutError
-from yarl import URL
+from aiohttp import web
 
 from proxy.config import ProxyConfig
 from proxy.exchange import Exchange, Outcome, Phase
@@ -53,10 +52,20 @@ from proxy.headers import (
 from proxy.metrics import ProxyMetrics
 from proxy.response import ForwardedResponse, must_be_empty
 from proxy.routes import Action, RoutePolicy
-from proxy.upstream import CLAIM, UpstreamClaim
+from proxy.upstream import (
+    ResponseHead,
+    UpstreamClaim,
+    UpstreamConnectError,
+    UpstreamConnection,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamTimeoutError,
+)
 from proxy.websocket import WebSocketTunnels, is_websocket_handshake
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CHUNKED = "Transfer-Encoding: chunked\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
 
 
 BODY_TIMEOUT = Rejection(408, "body_timeout", "the request body stalled")
@@ -67,15 +76,25 @@ UNSUPPORTED_EXPECTATION = Rejection(
 )
 
 
+class _UpstreamLeg:
+    """The upstream side of one exchange: its connection and, for a request body, the upload."""
+
+    __slots__ = ("connection", "upload")
+
+    def __init__(self) -> None:
+        self.connection: UpstreamConnection | None = None
+        self.upload: asyncio.Task[None] | None = None
+
+
 class Forwarder:
     """The request handler: ``await forwarder.handle(request)`` for every client request."""
 
-    def __init__(self, config: ProxyConfig, session: ClientSession, metrics: ProxyMetrics) -> None:
-        self._origin = config.upstream.origin
+    def __init__(self, config: ProxyConfig, pool: UpstreamPool, metrics: ProxyMetrics) -> None:
+        self._default_host = config.upstream.authority
         self._routes: RoutePolicy = config.route_policy
         self._deadline_header = config.deadline_header
         self._upstream_timeout = config.upstream_timeout
-        self._session = session
+        self._pool = pool
         self._metrics = metrics
         self._limits = config.limits
         self._body_timeout = config.body_timeout
@@ -121,10 +140,11 @@ class Forwarder:
 
     async def _exchange(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
         structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
-        upstream: ClientResponse | None = None
+        leg = _UpstreamLeg()
+        claim = UpstreamClaim()
         self._metrics.started()
         if exchange.cancellable:
-            self._cut_on_hangup(request, exchange)
+            self._cut_on_hangup(request, exchange, claim)
         try:
             rejection = self._admission(request)
             if rejection is not None:
@@ -132,9 +152,9 @@ class Forwarder:
             self._upstream_active += 1
             try:
                 async with asyncio.timeout_at(self._client_deadline(request)) as budget:
-                    upstream = await self._send_upstream(request, exchange)
-                    exchange.upstream_status = upstream.status
-                    return await self._relay_response(request, exchange, upstream)
+                    head = await self._send_upstream(request, exchange, leg, claim)
+                    exchange.upstream_status = head.status
+                    return await self._relay_response(request, exchange, leg, head)
             except TimeoutError:
                 if not budget.expired():
                     raise
@@ -142,35 +162,34 @@ class Forwarder:
             finally:
                 self._upstream_active -= 1
         except asyncio.CancelledError:
-            self._cancelled(request, exchange, upstream)
+            self._cancelled(request, exchange, leg)
             raise
         except ConnectionResetError:
             # Writing to a client that left (its loss may not have been noticed yet).
             exchange.hung_up()
             return _error_response(499, "client closed the connection")
-        except ServerTimeoutError as exc:
-            return self._upstream_failed(request, exchange, exc)
-        except (ClientError, ClientBodyError) as exc:
-            # A failure while sending may be the client's body, not the upstream: aiohttp's client
-            # reports a body that failed to read as a connection error.
+        except (UpstreamError, ClientBodyError) as exc:
+            # The upload runs beside the wait for the answer: a failure may be the client's body
+            # (or the client leaving mid-upload) rather than the upstream.
             if exchange.client_gone:
                 exchange.hung_up()
                 return _error_response(499, "client closed the connection")
             if exchange.body_problem is not None:
                 return _refuse(exchange, exchange.body_problem)
-            return self._upstream_failed(request, exchange, exc)
+            if isinstance(exc, ClientBodyError):  # pragma: no cover - body_problem is always set
+                raise
+            return self._upstream_failed(exchange, exc)
         finally:
-            self._finished(exchange, upstream)
+            self._finished(exchange, leg)
 
-    def _cut_on_hangup(self, request: web.BaseRequest, exchange: Exchange) -> None:
+    def _cut_on_hangup(
+        self, request: web.BaseRequest, exchange: Exchange, claim: UpstreamClaim
+    ) -> None:
         """Close this exchange's upstream connection inside the client's ``connection_lost``.
 
-        The connector records the connection it hands this task (``proxy.upstream.CLAIM``, a
-        context variable, so exactly this exchange's); the hook is removed when the exchange
-        ends, so a later hang-up can never close a pooled connection serving someone else.
+        The exchange records the connection it holds in ``claim``; the hook is removed when the
+        exchange ends, so a later hang-up can never close a pooled connection serving someone else.
         """
-        claim = UpstreamClaim()
-        CLAIM.set(claim)
         protocol = request.protocol
         if not isinstance(protocol, GateRequestHandler):
             return
@@ -183,15 +202,25 @@ class Forwarder:
         protocol.hangup_hooks.append(cut)
         exchange.release_hangup_hook = lambda: _discard_hook(protocol, cut, claim)
 
-    def _finished(self, exchange: Exchange, upstream: ClientResponse | None) -> None:
-        """Every exchange ends here once: its upstream closed unless completed, then recorded."""
+    def _finished(self, exchange: Exchange, leg: _UpstreamLeg) -> None:
+        """Every exchange ends here once: its upstream pooled or closed, then recorded."""
         exchange.release_hangup_hook()
-        if upstream is not None and exchange.outcome is not Outcome.COMPLETED:
-            upstream.close()
-            if exchange.client_gone and exchange.cancellable and not exchange.upstream_closed:
-                # The hang-up surfaced as a failed write to the client rather than as a
-                # cancellation: the close above is the same cancel, so count it as one.
-                exchange.closed_upstream()
+        upload = leg.upload
+        if upload is not None and not upload.done():
+            # The answer came (or the exchange failed) before the whole body was sent: the
+            # connection carries half a request and is closed below, never pooled.
+            upload.cancel()
+        connection = leg.connection
+        if connection is not None:
+            if exchange.client_gone and exchange.cancellable:
+                connection.close()
+                if not exchange.upstream_closed:
+                    # The hang-up surfaced as a failed write to the client rather than as a
+                    # cancellation: this close is the same cancel, so count it as one.
+                    exchange.closed_upstream()
+            else:
+                # Pooled only when the exchange ended cleanly (proxy.upstream), else closed.
+                self._pool.release(connection)
         exchange.write_log_line()
         self._metrics.finished(exchange)
 
@@ -233,43 +262,78 @@ class Forwarder:
             return UPSTREAM_BUSY
         return None
 
-    def _cancelled(
-        self, request: web.BaseRequest, exchange: Exchange, upstream: ClientResponse | None
-    ) -> None:
+    def _cancelled(self, request: web.BaseRequest, exchange: Exchange, leg: _UpstreamLeg) -> None:
         """Record why the exchange was cancelled and make sure its upstream socket is closed."""
         if self.cut_off:
             exchange.finish(Outcome.DRAIN_TIMEOUT, 503, "drain_timeout")
         elif request.transport is None:
             # aiohttp cancelled us because the client's connection is gone.
             exchange.hung_up()
-            # Cancelled before the headers came, aiohttp's client closes the connection
-            # itself; after that, close() (never release()) keeps it out of the pool.
-            if upstream is not None:
-                upstream.close()
+            if leg.connection is not None:
+                leg.connection.close()
             exchange.closed_upstream()
 
-    async def _send_upstream(self, request: web.BaseRequest, exchange: Exchange) -> ClientResponse:
-        headers = upstream_request_headers(
-            request.raw_headers, client_ip=request.remote, request_id=exchange.request_id
-        )
-        body = (
-            self._stream_request_body(
+    async def _send_upstream(
+        self, request: web.BaseRequest, exchange: Exchange, leg: _UpstreamLeg, claim: UpstreamClaim
+    ) -> ResponseHead:
+        """Send the request (its body from a task of its own) and wait for the answer's head."""
+        has_body = request.body_exists
+        chunked = has_body and "Content-Length" not in request.headers
+        head = self._request_head(request, exchange, chunked=chunked)
+        connection = leg.connection = claim.connection = await self._pool.acquire()
+        connection.send_request(head, head_only=request.method == "HEAD", body_follows=has_body)
+        if not has_body:
+            return await connection.response_head()
+        upload = leg.upload = asyncio.create_task(
+            self._upload(
                 request,
                 exchange,
+                connection,
+                chunked=chunked,
                 # Only a request with a body looks again at Expect (admission vetted it already).
                 send_continue=expects_continue(request.headers.getall("Expect", [])) is True,
             )
-            if request.body_exists
-            else None
         )
-        url = URL(self._origin + _origin_form(request), encoded=True)
-        return await self._session.request(
-            request.method, url, headers=headers, data=body, allow_redirects=False
-        )
+        upload.add_done_callback(_retrieve_failure)
+        await connection.head_or_end_of(upload)
+        failure = upload.exception() if upload.done() else None
+        # The answer wins over an upload the upstream cut short; a broken client body never does.
+        if failure is not None and (
+            connection.head is None or isinstance(failure, ClientBodyError)
+        ):
+            raise failure
+        return await connection.response_head()
 
-    async def _stream_request_body(
-        self, request: web.BaseRequest, exchange: Exchange, *, send_continue: bool
-    ) -> AsyncIterator[bytes]:
+    def _request_head(
+        self, request: web.BaseRequest, exchange: Exchange, *, chunked: bool
+    ) -> bytes:
+        """The request line and header block, as the upstream will see them."""
+        headers = upstream_request_headers(
+            request.raw_headers, client_ip=request.remote, request_id=exchange.request_id
+        )
+        # aiohttp decoded the target as UTF-8 with surrogateescape (aiohttp/_http_parser.pyx) and
+        # the fields are decoded as latin-1 (proxy.headers): both encodings give back the bytes.
+        request_line = f"{request.method} {_origin_form(request)} HTTP/1.1\r\n"
+        lines = []
+        if "Host" not in headers:
+            # An HTTP/1.0 client may send none; HTTP/1.1 requires it (RFC 9112 §3.2).
+            lines.append(f"Host: {self._default_host}\r\n")
+        lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
+        if chunked:
+            # RFC 9112 §6.1: the client's chunked body is re-framed chunk by chunk, never buffered.
+            lines.append(_CHUNKED)
+        lines.append("\r\n")
+        return request_line.encode("utf-8", "surrogateescape") + "".join(lines).encode("latin-1")
+
+    async def _upload(
+        self,
+        request: web.BaseRequest,
+        exchange: Exchange,
+        connection: UpstreamConnection,
+        *,
+        chunked: bool,
+        send_continue: bool,
+    ) -> None:
         """The client's body, chunk by chunk as it arrives: never buffered whole."""
         exchange.phase = Phase.REQUEST_BODY
         limit = self._limits.max_body_size
@@ -282,11 +346,15 @@ class Forwarder:
             received += len(chunk)
             if limit is not None and received > limit:
                 # A chunked body has no declared size: it is cut where it crosses the limit, and
-                # the upstream sees an incomplete request (aiohttp closes that socket).
+                # the upstream sees an incomplete request (its connection is closed, not pooled).
                 exchange.body_problem = body_too_large(limit)
                 raise ClientBodyError(exchange.body_problem.reason)
-            yield chunk
-        exchange.phase = Phase.AWAITING_UPSTREAM_HEADERS
+            await connection.send_body(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+        if chunked:
+            await connection.send_body(_LAST_CHUNK)
+        connection.request_sent()
+        if exchange.phase is Phase.REQUEST_BODY:
+            exchange.phase = Phase.AWAITING_UPSTREAM_HEADERS
 
     async def _read_body_chunk(self, request: web.BaseRequest, exchange: Exchange) -> bytes:
         """The next piece of the client's body (b"" at its end), within the body idle timeout."""
@@ -303,54 +371,54 @@ class Forwarder:
             raise ClientBodyError(str(exc)) from exc
 
     async def _relay_response(
-        self, request: web.BaseRequest, exchange: Exchange, upstream: ClientResponse
+        self, request: web.BaseRequest, exchange: Exchange, leg: _UpstreamLeg, head: ResponseHead
     ) -> web.StreamResponse:
+        connection = leg.connection
+        if connection is None:  # pragma: no cover - _send_upstream always sets it
+            raise RuntimeError("an answer without a connection")
         if request.transport is None:
             # A write carried to the end whose client already left: discard the answer, reading
             # it whole so the connection can serve the next request.
             exchange.hung_up()
-            await _discard(upstream)
+            await _discard(connection)
             return _error_response(499, "client closed the connection")
         exchange.phase = Phase.STREAMING_RESPONSE
         response = ForwardedResponse(
-            status=upstream.status,
-            reason=upstream.reason,
-            headers=downstream_response_headers(upstream.raw_headers),
-            body_already_here=upstream.content.total_bytes > 0 or upstream.content.is_eof(),
+            status=head.status,
+            reason=head.reason,
+            headers=downstream_response_headers(head.raw_headers),
+            body_already_here=connection.body_already_here,
         )
         try:
             await response.prepare(request)
-            if not must_be_empty(request.method, upstream.status):
-                async for chunk in upstream.content.iter_any():
+            if not must_be_empty(request.method, head.status):
+                while chunk := await connection.read_body():
                     await response.write(chunk)
             await response.write_eof()
         except ConnectionResetError:
             exchange.hung_up()
             if not exchange.cancellable:
-                await _discard(upstream)
+                await _discard(connection)
             raise
-        except (ClientError, ServerTimeoutError) as exc:
+        except UpstreamError as exc:
             # Headers are gone already: the only honest signal left is a cut connection, which the
             # client sees as a short body or a missing last chunk.
-            self._upstream_failed(request, exchange, exc)
+            self._upstream_failed(exchange, exc)
             if request.transport is not None:
                 request.transport.close()
             return response
-        exchange.finish(Outcome.COMPLETED, upstream.status)
-        upstream.release()
+        exchange.finish(Outcome.COMPLETED, head.status)
         return response
 
-    def _upstream_failed(
-        self, request: web.BaseRequest, exchange: Exchange, exc: BaseException
-    ) -> web.StreamResponse:
+    def _upstream_failed(self, exchange: Exchange, exc: UpstreamError) -> web.StreamResponse:
         """The one funnel for upstream failures: pick the status, record the outcome."""
-        if isinstance(exc, SocketTimeoutError):
-            exchange.finish(Outcome.UPSTREAM_TIMEOUT, 504, "upstream_read_timeout")
+        if isinstance(exc, UpstreamTimeoutError):
+            exchange.finish(Outcome.UPSTREAM_TIMEOUT, 504, exc.reason)
             return _error_response(504, "the upstream did not answer in time")
-        if isinstance(exc, ClientConnectorError | ServerTimeoutError):
-            exchange.finish(Outcome.UPSTREAM_ERROR, 502, "upstream_connect_failed")
+        if isinstance(exc, UpstreamConnectError):
+            exchange.finish(Outcome.UPSTREAM_ERROR, 502, exc.reason)
             return _error_response(502, "the upstream could not be reached")
-        exchange.finish(Outcome.UPSTREAM_ERROR, 502, f"upstream_failed: {type(exc).__name__}")
+        exchange.finish(Outcome.UPSTREAM_ERROR, 502, f"upstream_failed: {exc.reason}")
         return _error_response(502, "the upstream connection failed")
 
 
@@ -362,11 +430,16 @@ def _discard_hook(
         protocol.hangup_hooks.remove(hook)
 
 
-async def _discard(upstream: ClientResponse) -> None:
-    """Read an unwanted answer to its end without keeping it, then pool the connection."""
-    async for _ in upstream.content.iter_any():
+def _retrieve_failure(upload: asyncio.Task[None]) -> None:
+    """Mark an upload's failure as seen: it is acted on only if the answer has not come first."""
+    if not upload.cancelled():
+        upload.exception()
+
+
+async def _discard(connection: UpstreamConnection) -> None:
+    """Read an unwanted answer to its end without keeping it (the connection may then be pooled)."""
+    while await connection.read_body():
         pass
-    upstream.release()
 
 
 def _origin_form(request: web.BaseRequest) -> str:

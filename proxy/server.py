@@ -1,4 +1,4 @@
-"""The proxy's process: the client-facing server, the upstream session, and their lifetimes.
+"""The proxy's process: the client-facing server, the upstream pool, and their lifetimes.
 
 ``build_server`` is the one place the aiohttp server is configured, so that the entry point and
 the tests run the same thing. It must turn ``handler_cancellation`` on: aiohttp's own test server
@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import structlog
-from aiohttp import ClientSession, web
+from aiohttp import web
 
 from proxy.admin import Readiness, start_admin
 from proxy.config import HostPort, ProxyConfig
@@ -28,7 +28,7 @@ from proxy.forward import Forwarder
 from proxy.frontend import GateServer, RejectionSink
 from proxy.gate import Rejection
 from proxy.metrics import ProxyMetrics
-from proxy.upstream import open_upstream_session
+from proxy.upstream import UpstreamPool
 
 log = structlog.get_logger("hangup.proxy")
 
@@ -91,7 +91,7 @@ class RunningProxy:
     """A started proxy: where it listens, its admin listener and metrics, and how to stop it."""
 
     runner: web.ServerRunner
-    session: ClientSession
+    pool: UpstreamPool
     forwarder: Forwarder
     address: HostPort
     metrics: ProxyMetrics
@@ -108,8 +108,8 @@ class RunningProxy:
         4. In-flight requests, and writes carried to the end after their client left, run to
            their end until the deadline.
         5. Past it, what is left is cut (logged as ``drain_timeout``).
-        6. The upstream session closes, then the admin listener (so probes see 503, not a
-           refusal, for the whole drain).
+        6. The upstream pool closes its idle connections, then the admin listener (so probes
+           see 503, not a refusal, for the whole drain).
         """
         self.readiness.draining = True
         self.forwarder.websockets.go_away()
@@ -134,7 +134,7 @@ class RunningProxy:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CUT_GRACE):
                 await _wait_all(self.forwarder.detached)
-        await self.session.close()
+        await self.pool.close()
         if self.admin_runner is not None:
             await self.admin_runner.cleanup()
 
@@ -147,8 +147,8 @@ async def _wait_all(tasks: set[asyncio.Task[web.StreamResponse]]) -> None:
 async def start_proxy(config: ProxyConfig) -> RunningProxy:
     metrics = ProxyMetrics()
     readiness = Readiness(config.upstream, check_upstream=config.ready_check_upstream)
-    session = open_upstream_session(config)
-    forwarder = Forwarder(config, session, metrics)
+    pool = UpstreamPool(config)
+    forwarder = Forwarder(config, pool, metrics)
     runner = web.ServerRunner(
         build_server(forwarder, config, record_rejection(metrics)), shutdown_timeout=CUT_GRACE
     )
@@ -168,12 +168,12 @@ async def start_proxy(config: ProxyConfig) -> RunningProxy:
     except BaseException:
         # Typically an address is taken: undo what was opened so nothing is reported unclosed.
         await runner.cleanup()
-        await session.close()
+        await pool.close()
         raise
     host, port = runner.addresses[0][:2]
     return RunningProxy(
         runner,
-        session,
+        pool,
         forwarder,
         HostPort(host, port),
         metrics,

@@ -1,30 +1,465 @@
-"""The client side of the proxy: one ``ClientSession`` to the upstream, configured to be invisible.
+"""The client side of the proxy: a pool of plain HTTP/1.1 connections to the one upstream.
 
-Each setting below undoes a default of aiohttp's client that would make the proxy visible or
-unsafe (cancellation-facts §4).
+Theory of operation
+-------------------
+A reverse proxy needs very little of an HTTP client: one origin, one request at a time per
+connection, no redirects, cookies, decompression, proxies or retries. aiohttp's ``ClientSession``
+gives all of those and had to be configured to undo most of them; it also cost about 125 µs of
+the proxy's 290 µs per request (README, "Where hangup's time goes"). So the proxy speaks HTTP/1.1
+to its upstream itself, with llhttp (through ``httptools``, the parser uvicorn uses) doing the
+parsing:
+
+* ``UpstreamConnection`` is an ``asyncio.Protocol``. ``data_received`` feeds the parser, whose
+  callbacks collect the status line and header fields, then queue body chunks. The exchange
+  awaits ``response_head`` and then ``read_body`` for each chunk; a chunk that is already here is
+  returned without a wait, so a small answer that arrives in one segment costs no extra loop turn.
+* Back-pressure: past ``_HIGH_WATER`` unread body bytes (a slow client), reading from the upstream
+  socket pauses until the exchange has taken them, so memory stays bounded per exchange.
+* One read timeout (``--upstream-timeout``) bounds every wait for the upstream: for its head once
+  the request has been written, and each gap between body chunks. The clock runs only while the
+  exchange is waiting and reading is not paused, so a slow upload or a slow reader is never blamed
+  on the upstream.
+* A connection goes back to the pool only after a whole answer was read, the whole request was
+  written, and both sides said keep-alive; anything else (a hang-up, a timeout, a parse error, an
+  answer to a HEAD that carried body bytes, an unsolicited byte while idle) closes it. Nothing is
+  ever retried: a request that may have reached the upstream is never sent twice.
+* ``UpstreamClaim`` lets the client connection's ``connection_lost`` close the exchange's upstream
+  connection synchronously, without waiting for the cancelled task to run (``proxy.forward``).
 """
 
 from __future__ import annotations
 
-from contextvars import ContextVar
-from typing import TYPE_CHECKING
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Final, cast
 
-from aiohttp import (
-    BaseConnector,
-    ClientSession,
-    ClientTimeout,
-    DummyCookieJar,
-    TCPConnector,
-    UnixConnector,
-    hdrs,
-)
-from aiohttp.connector import Connection
+import httptools
 
-from proxy.config import ProxyConfig
+from proxy.config import ProxyConfig, Upstream
 
-if TYPE_CHECKING:
-    from aiohttp.client_reqrep import ClientRequest
-    from aiohttp.tracing import Trace
+_HIGH_WATER: Final = 256 * 1024
+"""Unread body bytes past which reading from the upstream pauses (a slow client)."""
+
+MAX_HEAD_SIZE: Final = 64 * 1024
+"""Largest response head accepted from the upstream: llhttp has no limit of its own, and httptools
+collects a field across reads, so a broken upstream could otherwise grow one without bound."""
+
+
+class _NotConnected(asyncio.Transport):
+    """The transport of a connection not made yet: closing it is a no-op."""
+
+    def is_closing(self) -> bool:
+        return True
+
+
+_NOT_CONNECTED: Final = _NotConnected()
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached, or failed the exchange; ``reason`` is for the log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UpstreamConnectError(UpstreamError):
+    """No connection: refused, unreachable, or not within ``--connect-timeout`` (502)."""
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """The upstream was silent for ``--upstream-timeout`` (504)."""
+
+
+class UpstreamBrokenError(UpstreamError):
+    """The upstream closed early or answered something that is not HTTP/1.1 (502)."""
+
+
+class ResponseHead:
+    """The status line and header fields of the upstream's (final) answer."""
+
+    __slots__ = ("raw_headers", "reason", "status")
+
+    def __init__(self, status: int, reason: str, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.reason = reason
+        self.raw_headers = raw_headers
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One TCP or Unix connection to the upstream, carrying one exchange at a time."""
+
+    def __init__(self, read_timeout: float) -> None:
+        self._read_timeout = read_timeout
+        self._loop = asyncio.get_running_loop()
+        # Set by connection_made, before anyone else can hold this connection.
+        self._transport: asyncio.Transport = _NOT_CONNECTED
+        self.lost = False
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._in_exchange = False
+        self._head_only = False
+        self._head: ResponseHead | None = None
+        self._head_bytes = 0
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._complete = False
+        self._keep_alive = False
+        self._failure: UpstreamError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._reusable = True
+        self._request_sent = False
+        self._reading_paused = False
+        self._write_paused = False
+        self._drained: asyncio.Future[None] | None = None
+
+    # --- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast("asyncio.Transport", transport)  # a stream transport: TCP or Unix
+
+    def data_received(self, data: bytes) -> None:
+        if not self._in_exchange or self._complete:
+            # Nobody asked: a stale or confused upstream. Its next answer could not be trusted.
+            self._break(UpstreamBrokenError("unsolicited_bytes"))
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # A 101 to a request that asked for no upgrade (WebSockets go through proxy.websocket).
+            self._break(UpstreamBrokenError("unexpected_upgrade"))
+        except httptools.HttpParserError as exc:
+            unsolicited = isinstance(exc.__context__, _UnsolicitedError)
+            self._break(UpstreamBrokenError("unsolicited_bytes" if unsolicited else "bad_response"))
+        else:
+            if self._head is None:
+                # Counted after parsing, so that body bytes read together with the head are not.
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD_SIZE:
+                    self._break(UpstreamBrokenError("response_head_too_large"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._reusable = False
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        if self._in_exchange and not self._complete:
+            if self._head is not None and self._ends_at_close(self._head):
+                # RFC 9112 §6.3 rule 8: no length and not chunked, so the close ends the body.
+                self._complete = True
+            elif self._failure is None:
+                closed = "closed_mid_body" if self._head is not None else "closed_before_answer"
+                self._failure = UpstreamBrokenError(closed)
+        self._wake()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # --- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._head is not None:
+            # A second answer to one request (pipelining is never used upstream).
+            raise _UnsolicitedError
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head is None:
+            self._headers.append((name, value))
+        # Trailer fields come here too, after the head: dropped, as aiohttp's client did.
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # An interim answer (RFC 9110 §15.2: 100 Continue, 103 Early Hints): skipped; the final
+            # answer follows on the same connection.
+            self._reason = b""
+            self._headers = []
+            return
+        self._head = ResponseHead(status, self._reason.decode("latin-1"), self._headers)
+        # Asked now: llhttp forgets the message's keep-alive state once it is complete.
+        self._keep_alive = self._parser.should_keep_alive()
+        if self._head_only:
+            # RFC 9110 §9.3.2: an answer to HEAD has no content, whatever its framing says. llhttp
+            # cannot be told through httptools, so the message ends here for us; a byte of body
+            # after it means a broken upstream (``on_body``).
+            self._complete = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self._complete:
+            self._reusable = False
+            return
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > _HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self._head is None:
+            return  # the end of an interim answer
+        self._complete = True
+        self._wake()
+
+    # --- the exchange's side ----------------------------------------------------------------
+
+    def send_request(self, head: bytes, *, head_only: bool, body_follows: bool) -> None:
+        """Write the request head and get ready for the answer (``head_only``: a HEAD request).
+
+        With ``body_follows``, the request counts as sent once ``request_sent`` is called.
+        """
+        self._in_exchange = True
+        self._head_only = head_only
+        self._request_sent = not body_follows
+        self._transport.write(head)
+
+    async def send_body(self, data: bytes) -> None:
+        """Write part of the request body, waiting while the upstream's socket is full."""
+        if self.lost:
+            raise UpstreamBrokenError("closed_during_upload")
+        self._transport.write(data)
+        if self._write_paused:
+            self._drained = self._loop.create_future()
+            await self._drained
+            self._drained = None
+            if self.lost:
+                raise UpstreamBrokenError("closed_during_upload")
+
+    def request_sent(self) -> None:
+        """The whole request is written: from now on the upstream's silence is timed."""
+        self._request_sent = True
+        # A wait that began during the upload is untimed: wake it so it waits again, timed.
+        self._wake()
+
+    @property
+    def head(self) -> ResponseHead | None:
+        """The answer's head, once it arrived."""
+        return self._head
+
+    @property
+    def body_already_here(self) -> bool:
+        """True when body bytes (or the body's end) arrived together with the head."""
+        return self._buffered > 0 or self._complete
+
+    async def response_head(self) -> ResponseHead:
+        """The answer's head, once it is here (timed once the whole request is written)."""
+        while self._head is None:
+            if self._failure is not None:
+                raise self._failure
+            await self._wait()
+        if self._failure is not None and not self._complete and not self._chunks:
+            # The body broke in the very read that brought the head: nothing has reached the
+            # client yet, so it can still be told with a 502 instead of a cut.
+            raise self._failure
+        return self._head
+
+    async def head_or_end_of(self, upload: asyncio.Task[None]) -> None:
+        """Wait, untimed, until the answer's head arrives, the connection fails, or ``upload`` ends.
+
+        An upstream may answer before it has read the whole request (RFC 9112 §9.3); the
+        exchange then relays that answer rather than wait for an upload nobody reads.
+        """
+        while self._head is None and self._failure is None and not upload.done():
+            waiter = self._waiter = self._loop.create_future()
+            wake: Callable[[object], None] = lambda _: self._wake()  # noqa: E731
+            upload.add_done_callback(wake)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                upload.remove_done_callback(wake)
+
+    async def read_body(self) -> bytes:
+        """The next body bytes (everything already here, joined); ``b""`` once the body ended."""
+        while not self._chunks:
+            if self._complete:
+                return b""
+            if self._failure is not None:
+                raise self._failure
+            await self._wait()
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._chunks = []
+        self._buffered = 0
+        if self._reading_paused and not self.lost:
+            self._reading_paused = False
+            self._transport.resume_reading()
+        return data
+
+    @property
+    def reusable(self) -> bool:
+        """True when the last exchange ended cleanly and both sides will keep the connection."""
+        return (
+            self._reusable
+            and not self.lost
+            and self._complete
+            and self._request_sent
+            and not self._chunks
+            and self._keep_alive
+        )
+
+    def reset(self) -> None:
+        """Forget the finished exchange so the connection can carry the next one."""
+        # A fresh parser: an answer to HEAD may have left llhttp waiting for a body it never gets.
+        self._parser = httptools.HttpResponseParser(self)
+        self._in_exchange = False
+        self._head = None
+        self._head_bytes = 0
+        self._reason = b""
+        self._headers = []
+        self._complete = False
+
+    def close(self) -> None:
+        """Close the connection, never to be pooled: the upstream sees it end at once."""
+        self._reusable = False
+        transport = self._transport
+        if transport.is_closing():
+            return
+        if transport.get_write_buffer_size():
+            # close() would first wait to flush a request the upstream is not reading.
+            transport.abort()
+        else:
+            transport.close()
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _ends_at_close(self, head: ResponseHead) -> bool:
+        if head.status in (204, 304):
+            return False
+        for name, value in head.raw_headers:
+            lowered = name.lower()
+            if lowered == b"content-length" or (
+                lowered == b"transfer-encoding" and b"chunked" in value.lower()
+            ):
+                return False
+        return True
+
+    def _break(self, failure: UpstreamError) -> None:
+        if self._failure is None:
+            self._failure = failure
+        self.close()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        waiter = self._waiter = self._loop.create_future()
+        timer = (
+            self._loop.call_later(self._read_timeout, self._time_out, waiter)
+            if self._request_sent
+            else None
+        )
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def _time_out(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            self._reusable = False
+            waiter.set_exception(UpstreamTimeoutError("upstream_read_timeout"))
+
+
+class _UnsolicitedError(Exception):
+    """Raised inside a parser callback to stop parsing an answer nobody asked for."""
+
+
+class UpstreamPool:
+    """Idle keep-alive connections to the upstream, most recently used first.
+
+    The number of connections is bounded by the forwarder, which refuses a request past
+    ``--upstream-max-connections`` before asking for one; the pool never queues. An idle connection
+    is closed after ``--upstream-keepalive-timeout``, which should be below the backend's own idle
+    timeout, or a request races the backend closing the socket (and is answered 502: it is never
+    retried). The upstream's name is resolved on each new connection, so a backend that moves to a
+    new address (a restarted container) is found again.
+    """
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self._upstream: Upstream = config.upstream
+        self._connect_timeout = config.connect_timeout
+        self._read_timeout = config.upstream_timeout
+        self._keepalive_timeout = config.upstream_keepalive_timeout
+        self._idle: list[UpstreamConnection] = []
+        self._closed = False
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    async def acquire(self) -> UpstreamConnection:
+        """An idle connection, or a new one (``UpstreamConnectError`` when none can be made)."""
+        idle = self._idle
+        while idle:
+            connection = idle.pop()
+            if connection.idle_timer is not None:
+                connection.idle_timer.cancel()
+                connection.idle_timer = None
+            if not connection.lost:
+                return connection
+        return await self._connect()
+
+    def release(self, connection: UpstreamConnection) -> None:
+        """Pool a connection whose exchange ended cleanly; close any other."""
+        if self._closed or not connection.reusable:
+            connection.close()
+            return
+        connection.reset()
+        if self._keepalive_timeout > 0:
+            connection.idle_timer = asyncio.get_running_loop().call_later(
+                self._keepalive_timeout, self._expire, connection
+            )
+        self._idle.append(connection)
+
+    async def close(self) -> None:
+        """Close every idle connection; connections in use are closed by their exchanges."""
+        self._closed = True
+        while self._idle:
+            self._idle.pop().close()
+
+    def _expire(self, connection: UpstreamConnection) -> None:
+        connection.idle_timer = None
+        with contextlib.suppress(ValueError):
+            self._idle.remove(connection)
+        connection.close()
+
+    async def _connect(self) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> UpstreamConnection:
+            return UpstreamConnection(self._read_timeout)
+
+        upstream = self._upstream
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                if upstream.unix_path is not None:
+                    _, connection = await loop.create_unix_connection(protocol, upstream.unix_path)
+                else:
+                    _, connection = await loop.create_connection(
+                        protocol, upstream.host, upstream.port
+                    )
+        except (OSError, TimeoutError) as exc:
+            raise UpstreamConnectError("upstream_connect_failed") from exc
+        return connection
 
 
 class UpstreamClaim:
@@ -38,95 +473,12 @@ class UpstreamClaim:
     __slots__ = ("connection",)
 
     def __init__(self) -> None:
-        self.connection: Connection | None = None
+        self.connection: UpstreamConnection | None = None
 
     def cut(self) -> bool:
         """Close the claimed connection (never to the pool); True when there was one."""
         connection, self.connection = self.connection, None
-        if connection is None or connection.closed:
+        if connection is None or connection.lost:
             return False
         connection.close()
         return True
-
-
-CLAIM: ContextVar[UpstreamClaim | None] = ContextVar("hangup_upstream_claim", default=None)
-"""Set by an exchange before it sends; the connector records the connection it hands out."""
-
-
-def _record(connection: Connection) -> Connection:
-    claim = CLAIM.get()
-    if claim is not None:
-        claim.connection = connection
-    return connection
-
-
-class _ClaimingTCPConnector(TCPConnector):
-    async def connect(
-        self,
-        req: ClientRequest,
-        traces: list[Trace],
-        timeout: ClientTimeout,  # noqa: ASYNC109 - aiohttp's own signature, overridden
-    ) -> Connection:
-        return _record(await super().connect(req, traces, timeout))
-
-
-class _ClaimingUnixConnector(UnixConnector):
-    async def connect(
-        self,
-        req: ClientRequest,
-        traces: list[Trace],
-        timeout: ClientTimeout,  # noqa: ASYNC109 - aiohttp's own signature, overridden
-    ) -> Connection:
-        return _record(await super().connect(req, traces, timeout))
-
-
-# aiohttp adds these unless told not to; a proxy must forward only what the client sent.
-_SKIP_AUTO_HEADERS = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE)
-
-
-def _connector(config: ProxyConfig) -> BaseConnector:
-    # Below the backend's idle timeout, or a request races the backend closing the socket.
-    keepalive_timeout = config.upstream_keepalive_timeout
-    if config.upstream.unix_path is not None:
-        return _ClaimingUnixConnector(
-            path=config.upstream.unix_path,
-            limit=config.upstream_max_connections,
-            keepalive_timeout=keepalive_timeout,
-        )
-    return _ClaimingTCPConnector(
-        limit=config.upstream_max_connections,
-        limit_per_host=0,
-        keepalive_timeout=keepalive_timeout,
-        # The upstream is one fixed address; resolve it once rather than per connection.
-        ttl_dns_cache=None,
-        use_dns_cache=True,
-    )
-
-
-def open_upstream_session(config: ProxyConfig) -> ClientSession:
-    session = ClientSession(
-        connector=_connector(config),
-        # The default total=300 would cut every long request at five minutes.
-        timeout=ClientTimeout(
-            total=None,
-            sock_connect=config.connect_timeout,
-            sock_read=config.upstream_timeout,
-        ),
-        # The default jar would store one client's Set-Cookie and replay it to the next.
-        cookie_jar=DummyCookieJar(),
-        # Forwarding decompressed bytes under the original Content-Encoding corrupts them
-        # (aio-libs/aiohttp#4462).
-        auto_decompress=False,
-        skip_auto_headers=_SKIP_AUTO_HEADERS,
-        # HTTP_PROXY and friends belong to the operator's shell, not to the sidecar's upstream.
-        trust_env=False,
-        # Forward whatever the upstream sends, as the client would have seen it.
-        raise_for_status=False,
-        max_line_size=65536,
-        max_field_size=65536,
-    )
-    # aiohttp retries an idempotent request (PUT and DELETE included) once when the server drops
-    # the connection; that would run a write twice. There is no public switch: the test client
-    # (aiohttp.test_utils.TestClient) turns it off the same way. Pinned by a test.
-    session._retry_connection = False
-    return session
