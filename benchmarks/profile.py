@@ -143,6 +143,15 @@ async def profile_with_py_spy(session: Session, py_spy: Path) -> str:
     return session.headline(load, how) + "\n\n" + report
 
 
+async def measure_only(session: Session) -> str:
+    """No profiler: req/s over a few runs, to compare one change with the next in a minute."""
+    await session.start([])
+    await session.load(2)
+    rates = [(await session.load(session.args.seconds)).requests_per_second for _ in range(3)]
+    figures = ", ".join(f"{rate:,.0f}" for rate in rates)
+    return f"hangup under wrk -t1 -c64 on /{session.args.size}: {figures} req/s (3 runs)"
+
+
 async def profile_with_cprofile(session: Session) -> str:
     args = session.args
     stats = session.prefix / "cprofile.out"
@@ -160,7 +169,7 @@ async def profile_with_cprofile(session: Session) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__)
-    parser.add_argument("--profiler", choices=["py-spy", "cprofile"], default="py-spy")
+    parser.add_argument("--profiler", choices=["py-spy", "cprofile", "none"], default="py-spy")
     parser.add_argument("--size", choices=sorted(nginx.BODY_SIZES), default="1k")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
@@ -184,11 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         prefix = Path(tmp)
         prefix.chmod(0o755)
         session = Session(fleet, prefix, args, tools)
-        work = (
-            profile_with_py_spy(session, py_spy)
-            if py_spy is not None and args.profiler == "py-spy"
-            else profile_with_cprofile(session)
-        )
+        if args.profiler == "none":
+            work = measure_only(session)
+        elif py_spy is not None and args.profiler == "py-spy":
+            work = profile_with_py_spy(session, py_spy)
+        else:
+            work = profile_with_cprofile(session)
         try:
             report = uvloop.run(work)
         except (StartError, WrkError, OSError, subprocess.SubprocessError) as exc:

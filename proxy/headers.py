@@ -55,15 +55,38 @@ def nominated_by_connection(values: Iterable[str]) -> frozenset[str]:
 _NEVER_NOMINATED = frozenset({"host"})
 
 
-def _end_to_end(raw: RawHeaders, extra_drop: frozenset[str]) -> list[tuple[str, str]]:
-    """Decode raw fields and keep the end-to-end ones, in order, repeats kept."""
-    decoded = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
-    nominated = (
-        nominated_by_connection(value for name, value in decoded if name.lower() == "connection")
-        - _NEVER_NOMINATED
-    )
-    drop = HOP_BY_HOP | nominated | extra_drop
-    return [(name, value) for name, value in decoded if name.lower() not in drop]
+def _as_bytes(names: frozenset[str]) -> frozenset[bytes]:
+    return frozenset(name.encode("ascii") for name in names)
+
+
+_HOP_BY_HOP_BYTES = _as_bytes(HOP_BY_HOP)
+_NEVER_NOMINATED_BYTES = _as_bytes(_NEVER_NOMINATED)
+_REQUEST_DROPPED = _HOP_BY_HOP_BYTES | _as_bytes(_REQUEST_OWNED)
+
+
+def _end_to_end(raw: RawHeaders, drop: frozenset[bytes]) -> list[tuple[str, str]]:
+    """Decode raw fields and keep the end-to-end ones, in order, repeats kept.
+
+    ``drop`` holds lower-cased names (hop-by-hop included). Names are compared as bytes and only
+    the kept fields are decoded: this runs twice per request (about 2 µs for eight fields).
+    Field names are tokens (RFC 9110 §5.1), plain ASCII, so ``bytes.lower`` is the right fold.
+    """
+    kept: list[tuple[bytes, bytes, bytes]] = []
+    connection_values: list[str] = []
+    for name, value in raw:
+        lowered = name.lower()
+        if lowered in drop:
+            if lowered == b"connection":
+                connection_values.append(value.decode("latin-1"))
+            continue
+        kept.append((lowered, name, value))
+    if connection_values:
+        # A name that is not latin-1 once lower-cased becomes "?", which no token equals.
+        nominated = {
+            name.encode("latin-1", "replace") for name in nominated_by_connection(connection_values)
+        } - _NEVER_NOMINATED_BYTES
+        kept = [field for field in kept if field[0] not in nominated]
+    return [(name.decode("latin-1"), value.decode("latin-1")) for _, name, value in kept]
 
 
 def request_id_from(raw: RawHeaders) -> str:
@@ -88,7 +111,7 @@ def upstream_request_headers(
     added by its own proxies). ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` describe this hop and
     are replaced. ``Host`` is kept as the client sent it.
     """
-    kept = _end_to_end(raw, _REQUEST_OWNED)
+    kept = _end_to_end(raw, _REQUEST_DROPPED)
     headers: CIMultiDict[str] = CIMultiDict(kept)
     host = headers.get("Host")
     if client_ip is not None:
@@ -114,7 +137,7 @@ def downstream_response_headers(raw: RawHeaders) -> CIMultiDict[str]:
 
     Several ``Set-Cookie`` fields stay separate (RFC 6265 §3: they cannot be joined).
     """
-    return CIMultiDict(_end_to_end(raw, frozenset()))
+    return CIMultiDict(_end_to_end(raw, _HOP_BY_HOP_BYTES))
 
 
 def expects_continue(values: Sequence[str]) -> bool | None:
