@@ -120,8 +120,15 @@ class Forwarder:
             decision=decision,
         )
         if is_websocket_handshake(request):
-            # A WebSocket session is a tunnel, not an exchange (proxy.websocket).
-            return await self.websockets.handle(request, exchange, self._admission(request))
+            # A WebSocket session is a tunnel, not an exchange (proxy.websocket). It holds an
+            # upstream connection for as long as it is open, so it counts towards
+            # --upstream-max-connections for all that time.
+            rejection = self._admission(request)
+            self._upstream_active += 1
+            try:
+                return await self.websockets.handle(request, exchange, rejection)
+            finally:
+                self._upstream_active -= 1
         if exchange.cancellable:
             return await self._exchange(request, exchange)
         task = asyncio.create_task(self._exchange(request, exchange))

@@ -585,3 +585,23 @@ async def test_an_unreachable_upstream_answers_the_handshake_with_502(
 
     assert response.status == 502
     assert (line["outcome"], line["reason"]) == ("upstream_error", "upstream_connect_failed")
+
+
+async def test_an_open_tunnel_holds_an_upstream_slot_until_it_closes(
+    ws_upstream: WebSocketUpstream, start_proxy: ProxyFactory, session: ClientSession
+) -> None:
+    """A tunnel keeps its upstream connection open, so --upstream-max-connections counts it."""
+    async with start_proxy(ws_upstream.url, upstream_max_connections=1) as proxy:
+        url = f"http://{LOOPBACK}:{proxy.address.port}"
+        with watch_logs() as logs:
+            async with session.ws_connect(f"{url}/ws") as ws:
+                await ws.send_str("hello")
+                assert (await ws.receive(timeout=WAIT)).data == "hello"
+                async with asyncio.timeout(WAIT), session.get(f"{url}/plain") as refused:
+                    assert refused.status == 503
+                await ws.close()
+            # The tunnel's line is written as its handler returns, giving the slot back.
+            await logs.wait_for("request", status=101)
+        async with asyncio.timeout(WAIT), session.get(f"{url}/plain") as after:
+            # The WebSocket upstream has no /plain: its own 404 proves the request got through.
+            assert after.status == 404
