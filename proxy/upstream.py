@@ -338,14 +338,17 @@ class UpstreamConnection(asyncio.Protocol):
     # --- internals --------------------------------------------------------------------------
 
     def _ends_at_close(self, head: ResponseHead) -> bool:
+        """RFC 9112 §6.3: a body with no Content-Length whose last coding is not chunked."""
         if head.status in (204, 304):
             return False
         for name, value in head.raw_headers:
             lowered = name.lower()
-            if lowered == b"content-length" or (
-                lowered == b"transfer-encoding" and b"chunked" in value.lower()
-            ):
+            if lowered == b"content-length":
                 return False
+            if lowered == b"transfer-encoding":
+                last_coding = value.rpartition(b",")[2].strip().lower()
+                if last_coding == b"chunked":
+                    return False
         return True
 
     def _break(self, failure: UpstreamError) -> None:
