@@ -211,7 +211,7 @@ class ProxyConfig:
     closing at that very moment."""
 
     upstream_max_connections: int = 1024
-    """Most upstream connections open at once; further requests wait for one to free up."""
+    """Most upstream requests and open WebSocket tunnels at once; one more gets 503 at once."""
 
     client_keepalive_timeout: float = 75.0
     """Seconds an idle client keep-alive connection is kept open (nginx and aiohttp use 75)."""

@@ -102,6 +102,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_only = False
         self._head: ResponseHead | None = None
         self._head_bytes = 0
+        self._parsed_head = 0
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._chunks: list[bytes] = []
@@ -132,6 +133,12 @@ class UpstreamConnection(asyncio.Protocol):
             # A 101 to a request that asked for no upgrade (WebSockets go through proxy.websocket).
             self._break(UpstreamBrokenError("unexpected_upgrade"))
         except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeadTooLargeError):
+                self._break(UpstreamBrokenError("response_head_too_large"))
+                return
+            if isinstance(exc.__context__, _UpgradeError):
+                self._break(UpstreamBrokenError("unexpected_upgrade"))
+                return
             unsolicited = isinstance(exc.__context__, _UnsolicitedError)
             self._break(UpstreamBrokenError("unsolicited_bytes" if unsolicited else "bad_response"))
         else:
@@ -173,9 +180,11 @@ class UpstreamConnection(asyncio.Protocol):
             raise _UnsolicitedError
 
     def on_status(self, reason: bytes) -> None:
+        self._parsed_head += len(reason)
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._parsed_head += len(name) + len(value) + 4
         if self._head is None:
             self._headers.append((name, value))
         # Trailer fields come here too, after the head: dropped, as aiohttp's client did.
@@ -188,6 +197,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._reason = b""
             self._headers = []
             return
+        if status == 101:
+            raise _UpgradeError
+        if self._parsed_head > MAX_HEAD_SIZE:
+            raise _HeadTooLargeError
         self._head = ResponseHead(status, self._reason.decode("latin-1"), self._headers)
         # Asked now: llhttp forgets the message's keep-alive state once it is complete.
         self._keep_alive = self._parser.should_keep_alive()
@@ -229,12 +242,22 @@ class UpstreamConnection(asyncio.Protocol):
 
     async def send_body(self, data: bytes) -> None:
         """Write part of the request body, waiting while the upstream's socket is full."""
+        # One loop turn first: an answer already read from the socket (an early 413 followed by
+        # a close) must reach on_body before a write into the reset socket makes asyncio's
+        # transport drop its reader with that answer unread.
+        await asyncio.sleep(0)
         if self.lost:
             raise UpstreamBrokenError("closed_during_upload")
         self._transport.write(data)
         if self._write_paused:
             self._drained = self._loop.create_future()
-            await self._drained
+            try:
+                async with asyncio.timeout(self._read_timeout):
+                    await self._drained
+            except TimeoutError:
+                # An upstream that stopped reading the upload: 504, as nginx's proxy_send_timeout.
+                self._reusable = False
+                raise UpstreamTimeoutError("upstream_write_timeout") from None
             self._drained = None
             if self.lost:
                 raise UpstreamBrokenError("closed_during_upload")
@@ -244,6 +267,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._request_sent = True
         # A wait that began during the upload is untimed: wake it so it waits again, timed.
         self._wake()
+
+    @property
+    def closing(self) -> bool:
+        return self._transport.is_closing()
 
     @property
     def head(self) -> ResponseHead | None:
@@ -261,7 +288,7 @@ class UpstreamConnection(asyncio.Protocol):
             if self._failure is not None:
                 raise self._failure
             await self._wait()
-        if self._failure is not None and not self._complete and not self._chunks:
+        if self._failure is not None and not self._complete:
             # The body broke in the very read that brought the head: nothing has reached the
             # client yet, so it can still be told with a 502 instead of a cut.
             raise self._failure
@@ -319,6 +346,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._in_exchange = False
         self._head = None
         self._head_bytes = 0
+        self._parsed_head = 0
         self._reason = b""
         self._headers = []
         self._complete = False
@@ -382,6 +410,14 @@ class UpstreamConnection(asyncio.Protocol):
             waiter.set_exception(UpstreamTimeoutError("upstream_read_timeout"))
 
 
+class _UpgradeError(Exception):
+    """Raised inside a parser callback: a 101 to a request that asked for no upgrade."""
+
+
+class _HeadTooLargeError(Exception):
+    """Raised inside a parser callback: the head grew past ``MAX_HEAD_SIZE`` in one read."""
+
+
 class _UnsolicitedError(Exception):
     """Raised inside a parser callback to stop parsing an answer nobody asked for."""
 
@@ -417,7 +453,8 @@ class UpstreamPool:
             if connection.idle_timer is not None:
                 connection.idle_timer.cancel()
                 connection.idle_timer = None
-            if not connection.lost:
+            # A connection just broken is closing before its connection_lost has run.
+            if not connection.lost and not connection.closing:
                 return connection
         return await self._connect()
 

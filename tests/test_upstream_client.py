@@ -237,14 +237,6 @@ async def test_an_answer_before_the_upload_is_read_reaches_the_client_and_is_not
     assert len(upstream.connections) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "asyncio's event loop only (uvloop relays the 413): the upload task, queued ahead of the "
-        "read callback, writes into the reset socket; the transport's _fatal_error then drops "
-        "its reader with the 413 unread, and _send_upstream raises closed_during_upload"
-    ),
-)
 async def test_an_early_answer_followed_at_once_by_a_close_reaches_the_client(
     start_proxy: ProxyFactory,
 ) -> None:
@@ -292,14 +284,6 @@ async def test_an_upstream_that_stops_reading_mid_upload_and_closes_gives_502(
     assert line["reason"].startswith("upstream_failed: closed_")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "no timeout covers an upload the upstream stopped reading: UpstreamConnection.send_body "
-        "awaits _drained untimed and head_or_end_of waits untimed while the upload runs, so the "
-        "exchange hangs until the client gives up"
-    ),
-)
 async def test_an_upstream_that_stops_reading_mid_upload_and_stays_silent_gives_504(
     start_proxy: ProxyFactory,
 ) -> None:
@@ -387,14 +371,6 @@ async def test_a_response_head_that_grows_past_the_limit_gives_502(
     assert line["reason"] == "upstream_failed: response_head_too_large"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "UpstreamConnection.data_received counts head bytes only for reads that end with the "
-        "head still incomplete, so a head that completes within the read that crosses "
-        "MAX_HEAD_SIZE (reads are up to 256 KiB) is accepted"
-    ),
-)
 async def test_a_response_head_over_the_limit_sent_in_one_write_gives_502(
     upstream: RawUpstream, start_proxy: ProxyFactory
 ) -> None:
@@ -556,14 +532,6 @@ async def test_interim_answers_are_skipped_and_the_connection_is_reused(
     assert len(upstream.connections) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "llhttp reports the 101 as a complete message (on_message_complete) before httptools "
-        "raises HttpParserUpgrade, so _break's unexpected_upgrade failure is ignored by "
-        "response_head (`not self._complete`) and the 101 is relayed as a final answer"
-    ),
-)
 @pytest.mark.parametrize(
     "fields",
     [
@@ -757,14 +725,6 @@ async def test_a_head_that_arrives_with_a_broken_chunk_gives_502(
     assert line["reason"] == "upstream_failed: bad_response"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "UpstreamConnection.response_head raises the failure only when no chunk was queued "
-        "(`not self._chunks`), so a good chunk before the broken one in the same read sends the "
-        "client a 200 and a cut, though nothing had reached it yet"
-    ),
-)
 async def test_a_head_that_arrives_with_a_good_chunk_then_a_broken_one_gives_502(
     upstream: RawUpstream, start_proxy: ProxyFactory
 ) -> None:
