@@ -24,8 +24,8 @@ queued at a worker that dies are reset.
 Signals: workers run in a session of their own, so a terminal's Ctrl-C reaches the supervisor
 only. SIGTERM or SIGINT makes it forward SIGTERM to every worker, which drains as a single process
 does (``--drain-timeout``); /readyz turns 503 at once; the supervisor exits 0 once every worker
-has exited 0. A second signal is forwarded too (workers exit at once with status 1) and the
-supervisor exits 1. A worker still running ``EXIT_MARGIN`` seconds past the drain timeout is
+has exited 0. A second signal is forwarded too, as SIGINT (workers exit at once with status 1),
+and the supervisor exits 1. A worker still running ``EXIT_MARGIN`` seconds past the drain timeout is
 killed. Every process is signalled by its PID. A worker whose supervisor vanishes (even SIGKILLed)
 sees its channel close and drains by itself.
 
@@ -341,7 +341,10 @@ class Supervisor:
         log.warning("proxy_exit_now", signal=name)
         self.exit_status = 1
         for worker in self.workers.values():
-            worker.signal(signal.SIGTERM)
+            # SIGINT, not SIGTERM: a second SIGTERM still pending with the first would be merged
+            # into one by the kernel, and the worker would only drain. It takes either as its
+            # second signal.
+            worker.signal(signal.SIGINT)
         if self._drain_bound is not None:
             deadline = asyncio.get_running_loop().time() + EXIT_NOW_MARGIN
             self._drain_bound.reschedule(min(deadline, self._drain_bound.when() or deadline))
@@ -377,8 +380,16 @@ class Supervisor:
 async def supervise(config: ProxyConfig, argv: Sequence[str]) -> int:
     """Run the supervisor to its end; the exit status (``WorkersError`` when it gave up)."""
     reservation, address = reserve_address(config.listen)
-    with reservation, tempfile.TemporaryDirectory(prefix="hangup-metrics-") as metrics_dir:
-        return await Supervisor(config, argv, address, Path(metrics_dir)).run()
+    with reservation:
+        try:
+            metrics_dir = tempfile.TemporaryDirectory(prefix="hangup-metrics-")
+        except OSError as exc:  # e.g. a read-only root file system with no writable /tmp
+            raise WorkersError(
+                f"cannot create the workers' metrics directory (set TMPDIR to a writable one): "
+                f"{exc}"
+            ) from exc
+        with metrics_dir:
+            return await Supervisor(config, argv, address, Path(metrics_dir.name)).run()
 
 
 def run_supervisor(config: ProxyConfig, argv: Sequence[str]) -> int:

@@ -108,6 +108,29 @@ def is_alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
+async def wait_gone(pids: list[int]) -> None:
+    """Wait (bounded) until every pid has exited, on a pidfd, which is readable from then on."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(WAIT):
+        for pid in pids:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue  # exited and already reaped
+            exited: asyncio.Future[None] = loop.create_future()
+
+            def on_exit(future: asyncio.Future[None] = exited) -> None:
+                if not future.done():
+                    future.set_result(None)
+
+            loop.add_reader(pidfd, on_exit)
+            try:
+                await exited
+            finally:
+                loop.remove_reader(pidfd)
+                os.close(pidfd)
+
+
 @asynccontextmanager
 async def supervisor(
     upstream_url: str, *extra: str, env: dict[str, str] | None = None
@@ -260,6 +283,23 @@ async def test_a_second_signal_makes_every_worker_and_the_supervisor_exit_at_onc
     exits = [line["exit_status"] for line in running.process.events("worker_stopped")]
     assert exits.count(1) >= 1  # the worker holding the request exited at once, with 1
     assert running.process.events("proxy_exit_now")
+    assert running.process.events("worker_killed") == []  # at once: not killed after a bound
+
+
+async def test_workers_drain_and_exit_by_themselves_when_their_supervisor_is_killed(
+    upstream: RawUpstream, tmp_path: Path
+) -> None:
+    # The metrics directory of a SIGKILLed supervisor stays behind: keep it in tmp_path.
+    async with supervisor(upstream.url, env={"TMPDIR": str(tmp_path)}) as running:
+        os.kill(running.process.process.pid, signal.SIGKILL)
+        code = await running.process.wait_exit()
+        await wait_gone(running.pids)  # no longer the supervisor's children: nobody waits for them
+
+    assert code == -signal.SIGKILL
+    gone = running.process.events("supervisor_gone")
+    assert sorted(line["pid"] for line in gone) == sorted(running.pids)
+    stopped = [line["pid"] for line in running.process.events("proxy_stopped") if "pid" in line]
+    assert sorted(stopped) == sorted(running.pids)
 
 
 # --- failing to start -------------------------------------------------------------------------
