@@ -106,7 +106,7 @@ class WorkerProcess:
     def pid(self) -> int:
         return self.process.pid
 
-    def signal(self, signum: int) -> None:
+    def send_signal(self, signum: int) -> None:
         """Signal this worker by PID, unless it has already been reaped."""
         if self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -136,26 +136,40 @@ def worker_command(argv: Sequence[str]) -> list[str]:
 
 
 def reserve_address(address: HostPort) -> tuple[socket.socket, HostPort]:
-    """Bind (never listen on) ``address`` with SO_REUSEPORT; the socket and the bound port."""
+    """Bind (never listen on) ``address`` with SO_REUSEPORT; the socket and the bound port.
+
+    A probe binds first without SO_REUSEPORT, so that an address held by another process's
+    SO_REUSEPORT listeners (a second hangup started on the same port by mistake) is refused
+    like any taken address instead of being silently shared.
+    """
     try:
         family, kind, proto, _, sockaddr = socket.getaddrinfo(
             address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
-        sock = socket.socket(family, kind, proto)
+        with _socket_for(family, kind, proto, reuse_port=False) as probe:
+            probe.bind(sockaddr)
+            port = probe.getsockname()[1]
+        sock = _socket_for(family, kind, proto, reuse_port=True)
         try:
-            # The same options asyncio's create_server(reuse_port=True) sets on each worker's
-            # socket: the kernel lets sockets share a port only when all of them set these.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(sockaddr)
+            sock.bind((sockaddr[0], port, *sockaddr[2:]))
         except BaseException:
             sock.close()
             raise
     except OSError as exc:
         raise ListenError(address, exc) from exc
-    return sock, HostPort(address.host, sock.getsockname()[1])
+    return sock, HostPort(address.host, port)
+
+
+def _socket_for(family: int, kind: int, proto: int, *, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(family, kind, proto)
+    # The options asyncio's create_server(reuse_port=True) sets on each worker's socket: the
+    # kernel lets sockets share a port only when every one of them sets SO_REUSEPORT.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    return sock
 
 
 class Supervisor:
@@ -207,7 +221,7 @@ class Supervisor:
             await asyncio.gather(bound, return_exceptions=True)
             # Only after an unexpected error is a worker left here: never leave one behind.
             for worker in self.workers.values():
-                worker.signal(signal.SIGKILL)
+                worker.send_signal(signal.SIGKILL)
             if admin_runner is not None:
                 await admin_runner.cleanup()
         if self.failure is not None:
@@ -290,7 +304,7 @@ class Supervisor:
         self.workers[slot] = worker
         log.info("worker_started", worker=slot, pid=worker.pid)
         if self.draining.is_set():
-            worker.signal(signal.SIGTERM)  # the drain began while this one was being started
+            worker.send_signal(signal.SIGTERM)  # the drain began while this one was being started
         return worker
 
     async def _wait_listening(self, worker: WorkerProcess) -> bool:
@@ -300,7 +314,7 @@ class Supervisor:
                 listening = await worker.reports_listening()
         if not listening and worker.process.returncode is None:
             log.error("worker_start_timeout", worker=worker.slot, pid=worker.pid)
-            worker.signal(signal.SIGKILL)
+            worker.send_signal(signal.SIGKILL)
         if listening:
             worker.listening = True
             self._count_listening()
@@ -344,7 +358,7 @@ class Supervisor:
             # SIGINT, not SIGTERM: a second SIGTERM still pending with the first would be merged
             # into one by the kernel, and the worker would only drain. It takes either as its
             # second signal.
-            worker.signal(signal.SIGINT)
+            worker.send_signal(signal.SIGINT)
         if self._drain_bound is not None:
             deadline = asyncio.get_running_loop().time() + EXIT_NOW_MARGIN
             self._drain_bound.reschedule(min(deadline, self._drain_bound.when() or deadline))
@@ -362,7 +376,7 @@ class Supervisor:
         self.readiness.draining = True
         self.draining.set()
         for worker in self.workers.values():
-            worker.signal(signal.SIGTERM)
+            worker.send_signal(signal.SIGTERM)
 
     async def _bound_the_drain(self) -> None:
         """Kill what still runs ``EXIT_MARGIN`` seconds past the drain timeout."""
@@ -373,7 +387,7 @@ class Supervisor:
                 await asyncio.Event().wait()  # until the bound, or cancelled once all have exited
         for worker in self.workers.values():
             log.error("worker_killed", worker=worker.slot, pid=worker.pid)
-            worker.signal(signal.SIGKILL)
+            worker.send_signal(signal.SIGKILL)
             self.exit_status = 1
 
 

@@ -15,7 +15,7 @@ import subprocess
 import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -45,12 +45,12 @@ class Supervised:
     port: int
     admin: int
     pids: list[int]
-    counter: list[int] = field(default_factory=lambda: [0])
+    sent: int = 0
 
     async def get(self, target: str = "/") -> tuple[int, int]:
         """One GET on a new connection (so SO_REUSEPORT may pick either worker): status, pid."""
-        self.counter[0] += 1
-        request_id = f"w-{self.counter[0]}"
+        self.sent += 1
+        request_id = f"w-{self.sent}"
         client = await RawConnection.open(self.port)
         await client.send(request_bytes("GET", target, [("X-Request-ID", request_id)]))
         response = await client.read_response()
@@ -67,9 +67,6 @@ class Supervised:
                 assert status == 200
                 served.append(pid)
         return served
-
-    def started_pids(self) -> list[int]:
-        return [int(line["pid"]) for line in self.process.events("worker_started")]
 
 
 async def scrape_when(admin: int, name: str, at_least: float, **labels: str) -> Scrape:
@@ -143,7 +140,8 @@ async def supervisor(
         yield Supervised(process, int(ready["port"]), admin, list(ready["pids"]))
     finally:
         await process.stop()
-    assert not [pid for pid in Supervised(process, 0, 0, []).started_pids() if is_alive(pid)]
+    started = [int(line["pid"]) for line in process.events("worker_started")]
+    assert not [pid for pid in started if is_alive(pid)]
     assert not any("Traceback" in line for line in process.raw_lines)
 
 
