@@ -345,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             run(config)
     except (ListenError, WorkersError) as exc:
-        # Typically the address is taken or not ours: say so in one line.
+        # An address taken or not ours, or workers that cannot start: say so in one line.
         sys.stderr.write(f"hangup-proxy: error: {exc}\n")
         return 1
     return 0

@@ -117,7 +117,10 @@ class WorkerProcess:
         loop = asyncio.get_running_loop()
         received = b""
         while received != LISTENING:
-            chunk = await loop.sock_recv(self.channel, len(LISTENING) - len(received))
+            try:
+                chunk = await loop.sock_recv(self.channel, len(LISTENING) - len(received))
+            except OSError:
+                return False
             if not chunk:
                 return False
             received += chunk
