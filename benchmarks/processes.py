@@ -38,12 +38,20 @@ class Pinning:
     load_core: int | None
     proxy_core: int | None
 
+    @property
+    def both_cores(self) -> tuple[int, ...] | None:
+        """Where a proxy with several processes runs: the load core and the proxy core."""
+        if self.load_core is None or self.proxy_core is None:
+            return None
+        return (self.load_core, self.proxy_core)
+
     def describe(self) -> str:
         if self.load_core is None:
             return "not pinned (fewer than 2 usable cores)"
         return (
             f"wrk, the origins and this driver on CPU {self.load_core}; "
-            f"the proxy under test on CPU {self.proxy_core}"
+            f"the proxy under test on CPU {self.proxy_core}; hangup `--workers 2` on CPUs "
+            f"{self.load_core} and {self.proxy_core} (sharing CPU {self.load_core} with the load)"
         )
 
 
@@ -98,14 +106,16 @@ class Fleet:
         name: str,
         argv: Sequence[str],
         *,
-        core: int | None,
+        core: int | tuple[int, ...] | None,
         stdout: IO[bytes] | int = subprocess.DEVNULL,
         stderr: IO[bytes] | int = subprocess.DEVNULL,
     ) -> subprocess.Popen[bytes]:
-        """Start ``argv`` pinned to ``core``; taskset execs the program, so the PID is its own."""
+        """Start ``argv`` pinned to ``core`` (or to each of several cores); taskset execs the
+        program, so the PID is its own."""
         command = list(argv)
         if core is not None and self._taskset is not None:
-            command = [str(self._taskset), "-c", str(core), *command]
+            cores = ",".join(map(str, core)) if isinstance(core, tuple) else str(core)
+            command = [str(self._taskset), "-c", cores, *command]
         process = subprocess.Popen(  # noqa: S603 - the benchmark's own programs, no shell
             command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
         )
@@ -187,6 +197,37 @@ async def wait_until_listening(
             await writer.wait_closed()
         return
     raise StartError(f"{name} did not accept connections on port {port} in {within} s{_tail(log)}")
+
+
+async def wait_until_ready(
+    name: str, process: subprocess.Popen[bytes], admin_port: int, log: Path, within: float = 20.0
+) -> None:
+    """Return once ``GET /readyz`` on the admin port answers 200 (hangup ``--workers``: every
+    worker is listening); fail if ``process`` exits or time runs out."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise StartError(f"{name} exited with {process.returncode}{_tail(log)}")
+        if await _readyz_status(admin_port) == 200:
+            return
+        await asyncio.sleep(0.05)
+    raise StartError(f"{name} was not ready on admin port {admin_port} in {within} s{_tail(log)}")
+
+
+async def _readyz_status(port: int) -> int | None:
+    try:
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    except OSError:
+        return None
+    try:
+        writer.write(b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        status_line = await reader.readline()
+    except OSError:
+        return None
+    finally:
+        writer.close()
+    parts = status_line.split()
+    return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
 
 
 def _tail(log: Path | None) -> str:

@@ -13,6 +13,11 @@ from benchmarks.wrk import WrkResult
 
 DIRECT, NGINX, HANGUP = "direct", "nginx", "hangup"
 TARGETS = (DIRECT, NGINX, HANGUP)
+"""The table's columns: every one is measured for throughput, hang-ups and memory."""
+HANGUP_WORKERS = "hangup-workers"
+"""hangup ``--workers 2``: measured for throughput only, reported in rows of its own."""
+WORKERS = 2
+THROUGHPUT_TARGETS = (*TARGETS, HANGUP_WORKERS)
 SIZES = {"1k": "1 KiB", "100k": "100 KiB"}
 TIMES = "\N{MULTIPLICATION SIGN}"
 
@@ -22,6 +27,8 @@ MAX_P99_RATIO = 2.0
 MAX_IDLE_PROPAGATION_P99_MS = 1.0
 MAX_LOADED_PROPAGATION_P99_MS = 5.0
 MAX_KIB_PER_IDLE_CONNECTION = 40.0
+MIN_WORKERS_RATIO = 1.6
+"""Issue 6: "with 2 workers on free cores, at least 1.6 times one" (req/s of one process)."""
 
 
 @dataclass
@@ -195,12 +202,46 @@ def render(results: Results, *, held_target: int) -> str:
             ),
         ]
     )
-    rows.append(
-        ["`--workers N`", "—", "—", "not implemented yet (issue 6)", "", "", ""],
-    )
+    rows.extend(_workers_rows(results))
     lines = [_row(header), _row(["---", *["---:"] * (len(header) - 3), "---", "---"])]
     lines.extend(_row(row) for row in rows)
     return "\n".join(lines)
+
+
+def _workers_rows(results: Results) -> list[list[str]]:
+    """hangup ``--workers 2`` in the hangup column, with its ratios to nginx and to one process."""
+    label = results.labels.get(HANGUP_WORKERS, HANGUP_WORKERS)
+    rows = []
+    for size, size_label in SIZES.items():
+        runs = results.throughput.get((HANGUP_WORKERS, size), [])
+        rps = _median_of(runs, _rps)
+        to_nginx = _ratio(rps, _median_of(results.throughput.get((NGINX, size), []), _rps))
+        to_one = _ratio(rps, _median_of(results.throughput.get((HANGUP, size), []), _rps))
+        rows.append(
+            [
+                f"{size_label}: req/s, {label} (median, and range over rounds)",
+                "—",
+                "—",
+                _rps_cell(runs),
+                f"{_num(to_nginx)}{TIMES} nginx; {_num(to_one)}{TIMES} 1 process",
+                f"≥ {MIN_WORKERS_RATIO:g}{TIMES} 1 process (free cores)",
+                _met(None if math.isnan(to_one) else to_one >= MIN_WORKERS_RATIO),
+            ]
+        )
+        p99 = _median_of(runs, _p99)
+        p99_nginx = _median_of(results.throughput.get((NGINX, size), []), _p99)
+        rows.append(
+            [
+                f"{size_label}: p99 latency (ms), {label}",
+                "—",
+                "—",
+                _num(p99),
+                f"{_num(_ratio(p99, p99_nginx))}{TIMES} nginx",
+                "",
+                "",
+            ]
+        )
+    return rows
 
 
 def _rps_cell(runs: Sequence[WrkResult]) -> str:

@@ -6,8 +6,9 @@ The plan (issue 6):
 2. Start, each pinned with taskset: the origin (nginx, one worker, static ``/1k`` and ``/100k``)
    on the load core, next to wrk and this driver; the reference proxy (nginx, one worker,
    HTTP/1.1 upstream keep-alive) and hangup (one process, default configuration, its canonical
-   log line written to /dev/null) on the other core. In this process: the hold origin for
-   hang-up timing, behind a second nginx ``server`` and a second hangup process.
+   log line written to /dev/null) on the other core; and hangup ``--workers 2`` on both cores,
+   so one of its workers shares the load core (its throughput only). In this process: the hold
+   origin for hang-up timing, behind a second nginx ``server`` and a second hangup process.
 3. Check that every target answers ``/1k`` and ``/100k`` whole.
 4. Memory: RSS of each proxy idle, then with N idle keep-alive client connections held.
 5. Warm-up, then interleaved rounds (the order of targets rotates each round): wrk -t1 -c64
@@ -46,10 +47,22 @@ from benchmarks.processes import (
     choose_pinning,
     free_port,
     wait_until_listening,
+    wait_until_ready,
 )
 from benchmarks.propagation import ProbeSeries, probe_series
 from benchmarks.provenance import preamble
-from benchmarks.report import DIRECT, HANGUP, NGINX, SIZES, TARGETS, Results, render
+from benchmarks.report import (
+    DIRECT,
+    HANGUP,
+    HANGUP_WORKERS,
+    NGINX,
+    SIZES,
+    TARGETS,
+    THROUGHPUT_TARGETS,
+    WORKERS,
+    Results,
+    render,
+)
 from benchmarks.tools import ToolError, Tools, ensure_tools, version_of
 from benchmarks.wrk import WrkError, WrkResult, run_wrk
 
@@ -60,7 +73,8 @@ class Endpoint:
     origin in this process."""
 
     port: int
-    hold_port: int
+    hold_port: int | None = None
+    """None for a target measured for throughput only (hangup ``--workers 2``)."""
     pid: int | None = None
     """The process whose RSS counts (nginx's worker, hangup's only process)."""
     helper_pid: int | None = None
@@ -88,7 +102,10 @@ class Run:
 
     def url(self, target: str, path: str, *, hold: bool = False) -> str:
         endpoint = self.endpoints[target]
-        return f"http://{LOOPBACK}:{endpoint.hold_port if hold else endpoint.port}{path}"
+        port = endpoint.hold_port if hold else endpoint.port
+        if port is None:
+            raise RuntimeError(f"{target} has no hold origin behind it")
+        return f"http://{LOOPBACK}:{port}{path}"
 
     async def wrk(self, url: str, seconds: int, *, label: str | None = None) -> WrkResult:
         """One wrk run; with a ``label``, it is measured, and others' CPU use meanwhile noted."""
@@ -112,6 +129,7 @@ async def start_targets(run: Run) -> None:
     hold_port = await run.origin.start()
     origin_port, proxy_port, proxy_hold_port = free_port(), free_port(), free_port()
     hangup_port, hangup_hold_port = free_port(), free_port()
+    workers_port, workers_admin_port = free_port(), free_port()
     www = nginx.write_site(run.prefix)
 
     origin_config = nginx.origin_config(run.prefix, origin_port, www)
@@ -126,12 +144,14 @@ async def start_targets(run: Run) -> None:
         run.fleet.adopt("nginx origin worker", worker)
     hangup = await _start_hangup(run, hangup_port, origin_port)
     await _start_hangup(run, hangup_hold_port, hold_port)
+    await _start_hangup_workers(run, workers_port, workers_admin_port, origin_port)
     if len(workers) != 1:
         raise StartError(f"the nginx proxy should run one worker, found {len(workers)}")
     run.endpoints = {
         DIRECT: Endpoint(origin_port, hold_port),
         NGINX: Endpoint(proxy_port, proxy_hold_port, pid=workers[0], helper_pid=proxy),
         HANGUP: Endpoint(hangup_port, hangup_hold_port, pid=hangup),
+        HANGUP_WORKERS: Endpoint(workers_port),
     }
 
 
@@ -143,16 +163,21 @@ async def _start_nginx(run: Run, name: str, config: str, port: int, core: int | 
     return process.pid
 
 
-async def _start_hangup(run: Run, port: int, upstream_port: int) -> int:
+def _hangup_argv(port: int, upstream_port: int, *extra: str) -> list[str]:
     if not HANGUP_SCRIPT.exists():
         raise StartError(f"{HANGUP_SCRIPT} is missing: run `source scripts/_venv.sh` first")
-    argv = [
+    return [
         str(HANGUP_SCRIPT),
         "--listen",
         f"{LOOPBACK}:{port}",
         "--upstream",
         f"http://{LOOPBACK}:{upstream_port}",
+        *extra,
     ]
+
+
+async def _start_hangup(run: Run, port: int, upstream_port: int) -> int:
+    argv = _hangup_argv(port, upstream_port)
     log = run.prefix / f"hangup-{port}.stderr"
     with log.open("wb") as stderr:
         # The default configuration, canonical log line included; stdout goes to /dev/null so
@@ -164,9 +189,27 @@ async def _start_hangup(run: Run, port: int, upstream_port: int) -> int:
     return process.pid
 
 
+async def _start_hangup_workers(run: Run, port: int, admin_port: int, upstream_port: int) -> None:
+    """hangup ``--workers 2``, otherwise as above; started once /readyz says every worker listens.
+
+    On both cores: with two cores in all, one worker shares the load core with wrk and the
+    origin, so its figure is a floor for what two free cores would give.
+    """
+    argv = _hangup_argv(
+        port, upstream_port, "--workers", str(WORKERS), "--admin", f"{LOOPBACK}:{admin_port}"
+    )
+    log = run.prefix / f"hangup-{port}.stderr"
+    name = f"hangup-proxy --workers {WORKERS} :{port}"
+    with log.open("wb") as stderr:
+        process = run.fleet.spawn(name, argv, core=run.pinning.both_cores, stderr=stderr)
+    await wait_until_ready(name, process, admin_port, log)
+    for worker in children_of(process.pid):
+        run.fleet.adopt("hangup worker", worker)
+
+
 async def check_answers(run: Run) -> None:
     """Every target answers every path whole, before anything is timed."""
-    for target in TARGETS:
+    for target in THROUGHPUT_TARGETS:
         for path, size in nginx.BODY_SIZES.items():
             sock, answer = await client.get(run.endpoints[target].port, f"/{path}")
             sock.close()
@@ -201,10 +244,10 @@ async def measure_memory(run: Run, results: Results) -> None:
 
 async def warm_up(run: Run) -> None:
     run.say("warm-up")
-    for target in TARGETS:
+    for target in THROUGHPUT_TARGETS:
         for size in SIZES:
             await run.wrk(run.url(target, f"/{size}"), run.plan.warmup_seconds)
-        if target != DIRECT:
+        if target in (NGINX, HANGUP):
             await run.wrk(run.url(target, "/1k", hold=True), run.plan.warmup_seconds)
 
 
@@ -215,7 +258,7 @@ def rotated(items: tuple[str, ...], by: int) -> list[str]:
 
 async def throughput_round(run: Run, results: Results, number: int) -> None:
     sizes = tuple(SIZES)
-    for target in rotated(TARGETS, number):
+    for target in rotated(THROUGHPUT_TARGETS, number):
         for size in rotated(sizes, number):
             run.say(f"round {number + 1}: {target} {size}")
             label = f"{target} {size} round {number + 1}"
@@ -226,6 +269,7 @@ async def throughput_round(run: Run, results: Results, number: int) -> None:
 async def hangup_round(run: Run, results: Results, number: int) -> None:
     for target in rotated(TARGETS, number):
         port = run.endpoints[target].hold_port
+        assert port is not None  # noqa: S101 - every target in TARGETS has a hold origin
         run.say(f"round {number + 1}: {target} hang-ups, idle")
         idle = await probe_series(run.origin, port, run.plan.probes_per_round)
         results.idle.setdefault(target, ProbeSeries()).extend(idle)
@@ -286,6 +330,7 @@ def _labels(tools: Tools) -> dict[str, str]:
         DIRECT: "direct to origin",
         NGINX: f"nginx {nginx_version} (1 worker)",
         HANGUP: "hangup (1 process)",
+        HANGUP_WORKERS: f"hangup `--workers {WORKERS}`",
     }
 
 
@@ -293,7 +338,9 @@ NOTES = """\
 "direct to origin" is wrk against the nginx origin itself, on the same core (not a strict
 ceiling: a proxy between them lets wrk and the origin batch more work per wake-up); its hang-up
 row is the hold origin reached without a proxy (the floor of the measurement). Ratios are
-hangup ÷ nginx in this run. Both proxies log one line per request to /dev/null."""
+hangup ÷ nginx in this run. Both proxies log one line per request to /dev/null. hangup
+`--workers 2` runs on both cores: on a 2-core machine one worker shares its core with wrk, the
+origin and this driver, so its ratio to one process understates what two free cores give."""
 
 
 def to_json(results: Results, run: Run) -> dict[str, object]:

@@ -10,7 +10,8 @@ client listener drains.
   With ``--ready-check-upstream`` also 503 while the upstream refuses TCP connections; that is
   checked per probe, never at start-up (cancellation-facts §7: in a native sidecar the backend
   starts only after the proxy has started, so a start-up dependency would deadlock the pod).
-- ``GET /metrics``: the proxy's own registry in the Prometheus text format.
+- ``GET /metrics``: the proxy's own registry in the Prometheus text format; with ``--workers N``
+  the supervisor's registry, which sums every worker's (``proxy.supervisor``).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import contextlib
 from dataclasses import dataclass
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from proxy.config import HostPort, Upstream
-from proxy.metrics import ProxyMetrics
 
 # A probe's own budget for the TCP connect to the upstream; kubelet's default probe timeout is 1 s.
 UPSTREAM_PROBE_TIMEOUT = 0.5
@@ -63,7 +64,7 @@ class Readiness:
 
 
 READINESS = web.AppKey("readiness", Readiness)
-METRICS = web.AppKey("metrics", ProxyMetrics)
+METRICS = web.AppKey("metrics", CollectorRegistry)
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -81,14 +82,14 @@ async def _metrics(request: web.Request) -> web.Response:
     # The format the scraper asks for: OpenMetrics when it says so, else the classic text format
     # (version 0.0.4), which every Prometheus reads.
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-    body = encode(request.app[METRICS].registry)
+    body = encode(request.app[METRICS])
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
-def build_admin_app(readiness: Readiness, metrics: ProxyMetrics) -> web.Application:
+def build_admin_app(readiness: Readiness, registry: CollectorRegistry) -> web.Application:
     app = web.Application()
     app[READINESS] = readiness
-    app[METRICS] = metrics
+    app[METRICS] = registry
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/livez", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -97,11 +98,11 @@ def build_admin_app(readiness: Readiness, metrics: ProxyMetrics) -> web.Applicat
 
 
 async def start_admin(
-    address: HostPort, readiness: Readiness, metrics: ProxyMetrics
+    address: HostPort, readiness: Readiness, registry: CollectorRegistry
 ) -> tuple[web.AppRunner, HostPort]:
     """Start the admin listener; returns its runner (to clean up) and the address it is bound to."""
     # No access log: a probe every few seconds would drown the canonical request lines.
-    runner = web.AppRunner(build_admin_app(readiness, metrics), access_log=None)
+    runner = web.AppRunner(build_admin_app(readiness, registry), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, address.host, address.port).start()

@@ -25,11 +25,14 @@ from proxy.config import (
     parse_seconds,
     parse_size,
     parse_upstream,
+    parse_workers,
 )
 from proxy.logs import LOG_FORMATS, configure_logging
 from proxy.policy import parse_cancel_methods
 from proxy.routes import load_policy_file, parse_rules
 from proxy.server import ListenError, run
+from proxy.supervisor import WorkersError, run_supervisor
+from proxy.worker import WorkerAssignment, run_worker
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -71,6 +74,15 @@ OPTIONS = (
         parse_host_port,
         "127.0.0.1:8080",
         "HOST:PORT where clients connect (port 0: any free port, logged at start)",
+    ),
+    Option(
+        "--workers",
+        "workers",
+        parse_workers,
+        "1",
+        "processes serving clients; above 1, a supervisor starts that many workers sharing the "
+        "listen address (SO_REUSEPORT), restarts one that exits, forwards SIGTERM/SIGINT to all, "
+        "and alone serves --admin, whose /metrics sums every worker's",
     ),
     Option(
         "--upstream",
@@ -320,12 +332,20 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> ProxyConfig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse_config(sys.argv[1:] if argv is None else argv, os.environ)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    config = parse_config(arguments, os.environ)
     configure_logging(config.log_format, config.log_level)
+    # Set only by a supervisor for the workers it starts (proxy.supervisor, proxy.worker).
+    assignment = WorkerAssignment.from_environ(os.environ)
     try:
-        run(config)
-    except ListenError as exc:
-        # Typically the address is taken or not ours: say so in one line.
+        if assignment is not None:
+            run_worker(config, assignment)
+        elif config.workers > 1:
+            return run_supervisor(config, arguments)
+        else:
+            run(config)
+    except (ListenError, WorkersError) as exc:
+        # An address taken or not ours, or workers that cannot start: say so in one line.
         sys.stderr.write(f"hangup-proxy: error: {exc}\n")
         return 1
     return 0

@@ -170,6 +170,17 @@ def parse_count(text: str) -> int:
     return int(text)
 
 
+MAX_WORKERS = 256
+"""A bound on ``--workers``, so that a typo cannot start thousands of processes."""
+
+
+def parse_workers(text: str) -> int:
+    stripped = text.strip()
+    if not (stripped.isascii() and stripped.isdigit()) or not 1 <= int(stripped) <= MAX_WORKERS:
+        raise ValueError(f"expected a whole number from 1 to {MAX_WORKERS}, got {text!r}")
+    return int(stripped)
+
+
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
     """Everything the proxy needs to run. Defaults are the ones a sidecar wants."""
@@ -246,6 +257,11 @@ class ProxyConfig:
 
     max_body_size: int | None = None
     """Largest request body, in bytes (413 past it, even mid-stream); None means no limit."""
+
+    workers: int = 1
+    """Processes serving client traffic. 1 (the default): this process serves, exactly as without
+    the option. N > 1: this process becomes a supervisor of N worker processes that each bind
+    ``listen`` with SO_REUSEPORT, and it alone serves the admin listener (``proxy.supervisor``)."""
 
     admin: HostPort | None = None
     """Where the admin listener serves /healthz, /livez, /readyz and /metrics, separately from

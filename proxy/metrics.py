@@ -6,6 +6,10 @@ increments: ``started`` when an exchange begins and ``finished`` at the one plac
 ends, next to its canonical log line. Names follow Prometheus conventions (cancellation-facts §7):
 the ``hangup_`` prefix, base units (seconds), ``_total`` counters, and only small fixed label sets,
 never a path or an id.
+
+With ``--workers N`` each worker runs with ``PROMETHEUS_MULTIPROC_DIR`` set by its supervisor, so
+prometheus-client keeps these values in files the supervisor sums (``proxy.supervisor``). Nothing
+here changes for that but the gauge's ``multiprocess_mode``, which a single process ignores.
 """
 
 from __future__ import annotations
@@ -42,6 +46,13 @@ def _version() -> str:
         return importlib.metadata.version("hangup")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a bare checkout
         return "unknown"
+
+
+def register_build_info(registry: CollectorRegistry) -> None:
+    """``hangup_build_info``: the version and Python of the process that serves /metrics."""
+    Info("hangup_build", "The running hangup build.", registry=registry).info(
+        {"version": _version(), "python": platform.python_version()}
+    )
 
 
 class ProxyMetrics:
@@ -91,6 +102,8 @@ class ProxyMetrics:
             "hangup_active_requests",
             "Exchanges in progress, including writes carried to the end after a hang-up.",
             registry=registry,
+            # Across workers: the sum over the processes alive now (a dead worker's are gone).
+            multiprocess_mode="livesum",
         )
         self.upstream_connect_errors = Counter(
             "hangup_upstream_connect_errors",
@@ -108,9 +121,7 @@ class ProxyMetrics:
             ["reason"],
             registry=registry,
         )
-        Info("hangup_build", "The running hangup build.", registry=registry).info(
-            {"version": _version(), "python": platform.python_version()}
-        )
+        register_build_info(registry)
         # Children made up front: every label value is exported from the start (as 0), and the
         # hot path does a dict look-up instead of ``labels()``.
         self._requests = {name: requests.labels(name) for name in [*Outcome, ABORTED]}

@@ -16,7 +16,7 @@ import contextlib
 import gc
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -157,12 +157,18 @@ async def start_proxy(config: ProxyConfig) -> RunningProxy:
     try:
         await runner.setup()
         try:
-            await web.TCPSite(runner, config.listen.host, config.listen.port).start()
+            # With --workers N every worker binds the same address: the kernel spreads new
+            # connections over their listeners (SO_REUSEPORT; proxy.supervisor).
+            await web.TCPSite(
+                runner, config.listen.host, config.listen.port, reuse_port=config.workers > 1
+            ).start()
         except OSError as exc:
             raise ListenError(config.listen, exc) from exc
         if config.admin is not None:
             try:
-                admin_runner, admin_address = await start_admin(config.admin, readiness, metrics)
+                admin_runner, admin_address = await start_admin(
+                    config.admin, readiness, metrics.registry
+                )
             except OSError as exc:
                 raise ListenError(config.admin, exc) from exc
     except BaseException:
@@ -192,8 +198,13 @@ async def running_proxy(config: ProxyConfig) -> AsyncIterator[RunningProxy]:
         await proxy.stop(config.drain_timeout)
 
 
-async def serve(config: ProxyConfig) -> None:
-    """Run until SIGTERM or SIGINT, then drain and return; a second signal exits at once."""
+async def serve(
+    config: ProxyConfig, on_listening: Callable[[RunningProxy], None] | None = None
+) -> None:
+    """Run until SIGTERM or SIGINT, then drain and return; a second signal exits at once.
+
+    ``on_listening`` runs once the proxy accepts connections (a worker tells its supervisor).
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -211,6 +222,8 @@ async def serve(config: ProxyConfig) -> None:
             upstream=config.upstream.describe(),
             cancel_methods=config.cancel_policy.describe(),
         )
+        if on_listening is not None:
+            on_listening(proxy)
         await stop.wait()
         log.info("proxy_draining", timeout=config.drain_timeout)
     log.info("proxy_stopped")
@@ -238,11 +251,11 @@ def _on_signal(stop: asyncio.Event, signum: int) -> None:
     stop.set()
 
 
-def run(config: ProxyConfig) -> None:
+def run(config: ProxyConfig, on_listening: Callable[[RunningProxy], None] | None = None) -> None:
     """Blocking entry point: uvloop when installed (it is a dependency on POSIX)."""
     try:
         import uvloop  # noqa: PLC0415 - optional at run time on platforms without it
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, on_listening))
     else:
-        uvloop.run(serve(config))
+        uvloop.run(serve(config, on_listening))

@@ -350,9 +350,12 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    backend_args: Sequence[str] = ("--port", "0"), upstream: str | None = None
+    backend_args: Sequence[str] = ("--port", "0"),
+    upstream: str | None = None,
+    proxy_args: Sequence[str] = (),
 ) -> AsyncIterator[Stack]:
-    """Start the backend, then the proxy in front of it (``upstream`` overrides the TCP URL)."""
+    """Start the backend, then the proxy in front of it (``upstream`` overrides the TCP URL;
+    ``proxy_args`` are added to the proxy's flags)."""
     backend_argv = [script_path("hangup-demo-backend"), *backend_args]
     async with running_script(backend_argv, "backend_listening") as (backend, backend_port):
         proxy_argv = [
@@ -361,6 +364,7 @@ async def running_stack(
             f"{LOOPBACK}:0",
             "--upstream",
             upstream or f"http://{LOOPBACK}:{backend_port}",
+            *proxy_args,
         ]
         async with running_script(proxy_argv, "proxy_listening") as (proxy, port):
             yield Stack(backend, backend_port, proxy, port)

@@ -58,6 +58,7 @@ ROWS = [
         "[::1]:9002",
         HostPort("::1", 9002),
     ),
+    Row("--workers", "HANGUP_WORKERS", "workers", "1", "2", 2, "4", 4),
     Row(
         "--upstream",
         "HANGUP_UPSTREAM",
@@ -376,6 +377,24 @@ def test_missing_upstream_is_one_line_and_exit_status_2(capsys: pytest.CaptureFi
             "--drain-timeout: expected a positive",
             id="drain",
         ),
+        pytest.param(
+            ["--workers", "0"],
+            {},
+            "--workers: expected a whole number from 1 to 256, got '0'",
+            id="workers-zero",
+        ),
+        pytest.param(
+            ["--workers", "abc"],
+            {},
+            "--workers: expected a whole number from 1 to 256, got 'abc'",
+            id="workers-not-a-number",
+        ),
+        pytest.param(
+            ["--workers", "257"], {}, "--workers: expected a whole", id="workers-too-many"
+        ),
+        pytest.param(
+            [], {"HANGUP_WORKERS": "-1"}, "HANGUP_WORKERS: expected a whole", id="workers-from-env"
+        ),
         pytest.param(["--admin", "9100"], {}, "--admin: expected HOST:PORT", id="admin"),
         pytest.param(
             ["--ready-check-upstream", "maybe"],
@@ -487,6 +506,18 @@ def assert_one_error_line(finished: subprocess.CompletedProcess[str]) -> str:
             id="bad-environment-variable",
         ),
         pytest.param([], {}, "--upstream is required", id="missing-upstream"),
+        pytest.param(
+            ["--upstream", UPSTREAM, "--workers", "0"],
+            {},
+            "--workers: expected a whole number from 1 to 256, got '0'",
+            id="workers-zero",
+        ),
+        pytest.param(
+            ["--upstream", UPSTREAM],
+            {"HANGUP_WORKERS": "abc"},
+            "HANGUP_WORKERS: expected a whole number from 1 to 256, got 'abc'",
+            id="workers-from-env",
+        ),
     ],
 )
 def test_script_reports_a_bad_value_in_one_line_with_exit_status_2(
