@@ -27,6 +27,10 @@ from proxy.exchange import Exchange, Outcome, Phase
 CANCEL_PROPAGATION_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 )  # fmt: skip
+# A WebSocket session lasts from seconds to hours.
+WEBSOCKET_DURATION_BUCKETS = (
+    1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0,
+)  # fmt: skip
 REQUEST_DURATION_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 )  # fmt: skip
@@ -105,6 +109,20 @@ class ProxyMetrics:
             # Across workers: the sum over the processes alive now (a dead worker's are gone).
             multiprocess_mode="livesum",
         )
+        self.open_websockets = Gauge(
+            "hangup_websocket_sessions",
+            "WebSocket sessions open now, from the handshake to the tunnel's end (not counted in "
+            "hangup_active_requests).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.websocket_duration = Histogram(
+            "hangup_websocket_session_duration_seconds",
+            "From a WebSocket handshake's arrival to the end of its tunnel (not counted in "
+            "hangup_request_duration_seconds).",
+            buckets=WEBSOCKET_DURATION_BUCKETS,
+            registry=registry,
+        )
         self.upstream_connect_errors = Counter(
             "hangup_upstream_connect_errors",
             "Requests answered 502 because the upstream refused or did not accept a connection.",
@@ -135,6 +153,23 @@ class ProxyMetrics:
         """Record one ended exchange; called exactly once per exchange, after ``started``."""
         self.active_requests.dec()
         self.request_duration.observe(time.perf_counter() - exchange.started)
+        self._count_outcome(exchange)
+
+    def websocket_opened(self) -> None:
+        self.open_websockets.inc()
+
+    def websocket_closed(self, session: Exchange) -> None:
+        """Record one ended WebSocket session, after ``websocket_opened``.
+
+        Its outcome counts with the requests' (``hangup_requests_total`` and the hang-up
+        counters); its length and its being open are kept apart, so hours-long sessions neither
+        skew the request-duration histogram nor look like requests in flight.
+        """
+        self.open_websockets.dec()
+        self.websocket_duration.observe(time.perf_counter() - session.started)
+        self._count_outcome(session)
+
+    def _count_outcome(self, exchange: Exchange) -> None:
         outcome = exchange.outcome
         self._requests[ABORTED if outcome is None else outcome].inc()
         if outcome is Outcome.CLIENT_HANGUP:

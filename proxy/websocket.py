@@ -121,7 +121,7 @@ class WebSocketTunnels:
         structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
         exchange.decision = TUNNEL_DECISION
         exchange.cancellable = True
-        self._metrics.started()
+        self._metrics.websocket_opened()
         try:
             if rejection is None and request.body_exists:
                 rejection = HANDSHAKE_WITH_BODY
@@ -145,7 +145,7 @@ class WebSocketTunnels:
             raise
         finally:
             exchange.write_log_line()
-            self._metrics.finished(exchange)
+            self._metrics.websocket_closed(exchange)
 
     async def _session(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
         reader, writer = await self._connect()

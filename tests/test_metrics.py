@@ -61,6 +61,8 @@ async def test_every_metric_is_exported_with_its_label_values_before_any_request
         "hangup_active_requests",
         "hangup_cancel_propagation_seconds_count",
         "hangup_request_duration_seconds_count",
+        "hangup_websocket_sessions",
+        "hangup_websocket_session_duration_seconds_count",
     ):
         assert metrics.value(name) == 0, name
     [build] = metrics.labels("hangup_build_info")

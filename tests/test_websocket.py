@@ -18,7 +18,9 @@ import pytest
 from aiohttp import ClientSession, WSMsgType, web
 from multidict import CIMultiDictProxy
 
+from proxy.config import HostPort
 from proxy.server import start_proxy as start_running_proxy
+from tests.admin_support import scrape
 from tests.conftest import ProxyFactory
 from tests.raw_upstream import RawUpstream, ReceivedRequest, UpstreamConnection, response_bytes
 from tests.support import (
@@ -605,3 +607,27 @@ async def test_an_open_tunnel_holds_an_upstream_slot_until_it_closes(
         async with asyncio.timeout(WAIT), session.get(f"{url}/plain") as after:
             # The WebSocket upstream has no /plain: its own 404 proves the request got through.
             assert after.status == 404
+
+
+async def test_a_session_has_metrics_of_its_own_and_is_not_a_request_in_flight(
+    ws_upstream: WebSocketUpstream, start_proxy: ProxyFactory, session: ClientSession
+) -> None:
+    """Hours-long sessions must not skew the request-duration histogram or the in-flight gauge."""
+    async with start_proxy(ws_upstream.url, admin=HostPort(LOOPBACK, 0)) as proxy:
+        assert proxy.admin_address is not None
+        admin_port = proxy.admin_address.port
+        with watch_logs() as logs:
+            async with session.ws_connect(f"http://{LOOPBACK}:{proxy.address.port}/ws") as ws:
+                await ws.send_str("hello")
+                assert (await ws.receive(timeout=WAIT)).data == "hello"
+                during = await scrape(admin_port)
+                await ws.close()
+            await logs.wait_for("request", status=101)
+        after = await scrape(admin_port)
+
+    assert during.value("hangup_websocket_sessions") == 1
+    assert during.value("hangup_active_requests") == 0
+    assert after.value("hangup_websocket_sessions") == 0
+    assert after.value("hangup_websocket_session_duration_seconds_count") == 1
+    assert after.value("hangup_request_duration_seconds_count") == 0
+    assert after.value("hangup_requests_total", outcome="completed") == 1
