@@ -81,6 +81,28 @@ async def ok_answer(request: ReceivedRequest, connection: UpstreamConnection) ->
     return response_bytes(200, b"ok")
 
 
+def answer_with(data: bytes) -> Answer:
+    """An answer that sends ``data`` as it is, whatever the request."""
+
+    async def answer(request: ReceivedRequest, connection: UpstreamConnection) -> bytes:
+        return data
+
+    return answer
+
+
+class SlowPathHeld:
+    """Answers at once, except ``/slow``, which waits until the test sets ``release``."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def __call__(self, request: ReceivedRequest, connection: UpstreamConnection) -> bytes:
+        if request.target == "/slow":
+            await self.release.wait()
+            return response_bytes(200, b"slow answer")
+        return response_bytes(200, b"fast")
+
+
 class RawUpstream:
     def __init__(self, answer: Answer = ok_answer) -> None:
         self.answer = answer

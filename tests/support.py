@@ -34,6 +34,20 @@ def script_path(name: str) -> str:
     return str(candidate)
 
 
+def proxy_argv(upstream_url: str, *extra: str) -> list[str]:
+    """The real ``hangup-proxy`` on ephemeral loopback ports, with an admin listener."""
+    return [
+        script_path("hangup-proxy"),
+        "--listen",
+        f"{LOOPBACK}:0",
+        "--admin",
+        f"{LOOPBACK}:0",
+        "--upstream",
+        upstream_url,
+        *extra,
+    ]
+
+
 # --- raw client connections -------------------------------------------------------------------
 
 
@@ -133,6 +147,15 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
             return bytes(body)
         body += await reader.readexactly(size)
         await reader.readexactly(2)
+
+
+async def exchange(port: int, data: bytes, *, head: bool = False) -> RawResponse:
+    """Send ``data`` on a new connection to ``port``, read one answer, close."""
+    client = await RawConnection.open(port)
+    await client.send(data)
+    response = await client.read_response(head=head)
+    await client.close()
+    return response
 
 
 def request_bytes(

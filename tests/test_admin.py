@@ -20,6 +20,7 @@ from tests.support import (
     LOOPBACK,
     WAIT,
     RawConnection,
+    proxy_argv,
     request_bytes,
     running_script,
     script_path,
@@ -120,19 +121,6 @@ async def test_no_admin_listener_unless_asked(
 
 
 # --- the real console script ---------------------------------------------------------------------
-
-
-def proxy_argv(upstream_url: str, *extra: str) -> list[str]:
-    return [
-        script_path("hangup-proxy"),
-        "--listen",
-        f"{LOOPBACK}:0",
-        "--admin",
-        f"{LOOPBACK}:0",
-        "--upstream",
-        upstream_url,
-        *extra,
-    ]
 
 
 async def test_script_counts_a_real_hang_up_in_its_metrics(upstream: RawUpstream) -> None:

@@ -10,30 +10,13 @@ import pytest
 
 from tests.conftest import ProxyFactory
 from tests.raw_upstream import (
-    Answer,
     RawUpstream,
-    ReceivedRequest,
-    UpstreamConnection,
+    answer_with,
     response_bytes,
 )
-from tests.support import RawConnection, RawResponse, request_bytes
+from tests.support import RawConnection, exchange, request_bytes
 
 PROXY_ADDED = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"}
-
-
-def answer_with(data: bytes) -> Answer:
-    async def answer(request: ReceivedRequest, connection: UpstreamConnection) -> bytes:
-        return data
-
-    return answer
-
-
-async def exchange(port: int, data: bytes, *, head: bool = False) -> RawResponse:
-    client = await RawConnection.open(port)
-    await client.send(data)
-    response = await client.read_response(head=head)
-    await client.close()
-    return response
 
 
 async def test_request_target_is_forwarded_byte_for_byte(

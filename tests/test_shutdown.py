@@ -16,29 +16,19 @@ import pytest
 
 from tests.admin_support import admin_get
 from tests.conftest import ProxyFactory
-from tests.raw_upstream import RawUpstream, ReceivedRequest, UpstreamConnection, response_bytes
+from tests.raw_upstream import (
+    RawUpstream,
+    SlowPathHeld,
+)
 from tests.support import (
     LOOPBACK,
     WAIT,
     RawConnection,
     ScriptProcess,
+    proxy_argv,
     request_bytes,
-    script_path,
     watch_logs,
 )
-
-
-class SlowPathHeld:
-    """The upstream answers at once, except ``/slow``, which waits until the test releases it."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-
-    async def __call__(self, request: ReceivedRequest, connection: UpstreamConnection) -> bytes:
-        if request.target == "/slow":
-            await self.release.wait()
-            return response_bytes(200, b"slow answer")
-        return response_bytes(200, b"fast")
 
 
 @asynccontextmanager
@@ -46,17 +36,7 @@ async def proxy_process(
     upstream: RawUpstream, drain_timeout: float
 ) -> AsyncIterator[tuple[ScriptProcess, int, int]]:
     """The console script with an admin listener; yields it with its client and admin ports."""
-    argv = [
-        script_path("hangup-proxy"),
-        "--listen",
-        f"{LOOPBACK}:0",
-        "--admin",
-        f"{LOOPBACK}:0",
-        "--upstream",
-        upstream.url,
-        "--drain-timeout",
-        str(drain_timeout),
-    ]
+    argv = proxy_argv(upstream.url, "--drain-timeout", str(drain_timeout))
     process = await ScriptProcess.start(argv)
     try:
         port = await process.listening_port("proxy_listening")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,10 +22,10 @@ from proxy.config import ProxyConfig
 from proxy.upstream import MAX_HEAD_SIZE
 from tests.conftest import ProxyFactory
 from tests.raw_upstream import (
-    Answer,
     RawUpstream,
     ReceivedRequest,
     UpstreamConnection,
+    answer_with,
     response_bytes,
 )
 from tests.support import (
@@ -33,6 +33,7 @@ from tests.support import (
     WAIT,
     RawConnection,
     RawResponse,
+    exchange,
     read_response,
     request_bytes,
     watch_logs,
@@ -50,6 +51,16 @@ def proxy_config(proxy_config: Callable[..., ProxyConfig]) -> Callable[..., Prox
         return proxy_config(upstream_url, **{"upstream_keepalive_timeout": 4 * WAIT, **overrides})
 
     return make
+
+
+async def logged_exchange(
+    port: int, data: bytes, *, head: bool = False
+) -> tuple[RawResponse, MutableMapping[str, Any]]:
+    """One exchange, with the proxy's canonical line for it."""
+    with watch_logs() as logs:
+        response = await exchange(port, data, head=head)
+        line = await logs.wait_for("request")
+    return response, line
 
 
 # --- a scripted upstream -----------------------------------------------------------------------
@@ -158,21 +169,6 @@ async def serve_one_request(connection: ScriptedConnection, answer: bytes) -> No
             async with asyncio.timeout(WAIT):
                 await connection.reader.readexactly(int(value))
     await connection.send(answer)
-
-
-def answer_with(data: bytes) -> Answer:
-    async def answer(request: ReceivedRequest, connection: UpstreamConnection) -> bytes:
-        return data
-
-    return answer
-
-
-async def exchange(port: int, data: bytes, *, head: bool = False) -> RawResponse:
-    client = await RawConnection.open(port)
-    await client.send(data)
-    response = await client.read_response(head=head)
-    await client.close()
-    return response
 
 
 async def read_until_eof(client: RawConnection) -> bytes:
@@ -362,9 +358,7 @@ async def test_a_response_head_that_grows_past_the_limit_gives_502(
         await connection.read_until_eof()
 
     async with scripted_upstream(script) as upstream, start_proxy(upstream.url) as proxy:
-        with watch_logs() as logs:
-            response = await exchange(proxy.address.port, request_bytes("GET", "/"))
-            line = await logs.wait_for("request")
+        response, line = await logged_exchange(proxy.address.port, request_bytes("GET", "/"))
         async with asyncio.timeout(WAIT):
             await upstream.connections[0].proxy_closed.wait()
     assert response.status == 502
@@ -427,9 +421,7 @@ async def test_a_body_delimited_by_close_is_forwarded_whole_and_not_reused(
             await serve_one_request(connection, response_bytes(200, b"next"))
 
     async with scripted_upstream(script) as upstream, start_proxy(upstream.url) as proxy:
-        with watch_logs() as logs:
-            response = await exchange(proxy.address.port, request_bytes("GET", "/"))
-            line = await logs.wait_for("request")
+        response, line = await logged_exchange(proxy.address.port, request_bytes("GET", "/"))
         after = await exchange(proxy.address.port, request_bytes("GET", "/after"))
     assert response.status == 200
     assert response.header("X-Framing") == "close"
@@ -544,9 +536,7 @@ async def test_a_101_to_a_request_that_asked_for_no_upgrade_gives_502(
 ) -> None:
     upstream.answer = answer_with(b"HTTP/1.1 101 Switching Protocols\r\n" + fields + b"\r\n")
     async with start_proxy(upstream.url) as proxy:
-        with watch_logs() as logs:
-            response = await exchange(proxy.address.port, request_bytes("GET", "/"))
-            line = await logs.wait_for("request")
+        response, line = await logged_exchange(proxy.address.port, request_bytes("GET", "/"))
         async with asyncio.timeout(WAIT):
             await upstream.connections[0].closed.wait()
     assert response.status == 502
@@ -718,9 +708,7 @@ async def test_a_head_that_arrives_with_a_broken_chunk_gives_502(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nnot-a-size\r\n"
     )
     async with start_proxy(upstream.url) as proxy:
-        with watch_logs() as logs:
-            response = await exchange(proxy.address.port, request_bytes("GET", "/"))
-            line = await logs.wait_for("request")
+        response, line = await logged_exchange(proxy.address.port, request_bytes("GET", "/"))
     assert response.status == 502
     assert line["reason"] == "upstream_failed: bad_response"
 

@@ -21,9 +21,13 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.processes import is_alive
 from proxy.restart_policy import MAX_FAILED_STARTS, restart_delay
 from tests.admin_support import Scrape, admin_get, scrape
-from tests.raw_upstream import RawUpstream, ReceivedRequest, UpstreamConnection, response_bytes
+from tests.raw_upstream import (
+    RawUpstream,
+    SlowPathHeld,
+)
 from tests.support import (
     LOOPBACK,
     WAIT,
@@ -31,7 +35,9 @@ from tests.support import (
     ScriptProcess,
     request_bytes,
     running_stack,
-    script_path,
+)
+from tests.support import (
+    proxy_argv as admin_proxy_argv,
 )
 
 WORKERS = 2
@@ -83,26 +89,7 @@ async def scrape_when(admin: int, name: str, at_least: float, **labels: str) -> 
 
 
 def proxy_argv(upstream_url: str, *extra: str) -> list[str]:
-    return [
-        script_path("hangup-proxy"),
-        "--workers",
-        str(WORKERS),
-        "--listen",
-        f"{LOOPBACK}:0",
-        "--admin",
-        f"{LOOPBACK}:0",
-        "--upstream",
-        upstream_url,
-        *extra,
-    ]
-
-
-def is_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
+    return admin_proxy_argv(upstream_url, "--workers", str(WORKERS), *extra)
 
 
 async def wait_gone(pids: list[int]) -> None:
@@ -143,19 +130,6 @@ async def supervisor(
     started = [int(line["pid"]) for line in process.events("worker_started")]
     assert not [pid for pid in started if is_alive(pid)]
     assert not any("Traceback" in line for line in process.raw_lines)
-
-
-class HeldSlowPath:
-    """Answers at once, except ``/slow``, which waits until the test releases it."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-
-    async def __call__(self, request: ReceivedRequest, connection: UpstreamConnection) -> bytes:
-        if request.target == "/slow":
-            await self.release.wait()
-            return response_bytes(200, b"slow answer")
-        return response_bytes(200, b"fast")
 
 
 # --- serving -----------------------------------------------------------------------------------
@@ -237,7 +211,7 @@ async def test_a_hang_up_through_a_worker_cancels_the_backend_handler() -> None:
 async def test_sigterm_drains_an_in_flight_request_on_a_worker_and_exits_0_leaving_no_worker(
     upstream: RawUpstream,
 ) -> None:
-    answer = HeldSlowPath()
+    answer = SlowPathHeld()
     upstream.answer = answer
     async with supervisor(upstream.url, "--drain-timeout", "20") as running:
         slow = await RawConnection.open(running.port)
@@ -266,7 +240,7 @@ async def test_sigterm_drains_an_in_flight_request_on_a_worker_and_exits_0_leavi
 async def test_a_second_signal_makes_every_worker_and_the_supervisor_exit_at_once_with_1(
     upstream: RawUpstream,
 ) -> None:
-    upstream.answer = HeldSlowPath()  # never released
+    upstream.answer = SlowPathHeld()  # never released
     async with supervisor(upstream.url, "--drain-timeout", "20") as running:
         slow = await RawConnection.open(running.port)
         await slow.send(request_bytes("GET", "/slow"))
