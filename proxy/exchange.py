@@ -12,8 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import structlog
-
+from proxy import logline
 from proxy.gate import Rejection
 from proxy.routes import DEFAULT_RULE, Action, Decision
 
@@ -23,8 +22,6 @@ _DEFAULT_DECISION = Decision(Action.CANCEL, 0.0, DEFAULT_RULE)
 def _nothing() -> None:
     return None
 
-
-log = structlog.get_logger("hangup.proxy")
 
 # nginx's convention for "client closed the connection before the response was complete".
 STATUS_CLIENT_CLOSED = 499
@@ -136,7 +133,5 @@ class Exchange:
                 fields["grace_seconds"] = self.decision.grace
         if self.reason is not None:
             fields["reason"] = self.reason
-        if self.outcome in _WARNING_OUTCOMES:
-            log.warning("request", **fields)
-        else:
-            log.info("request", **fields)
+        level = "warning" if self.outcome in _WARNING_OUTCOMES else "info"
+        logline.write_event(level, "request", fields)
