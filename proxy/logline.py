@@ -14,8 +14,8 @@ best of 7 timeit runs, output to /dev/null; each step on top of the one before):
 - lines batched per loop turn (16 a turn; ``proxy.logstream``): 8.0 µs
 
 Of what is left, JSON encoding is about 3.7 µs, ``merge_contextvars`` 0.8 µs. Under wrk load
-(``benchmarks/run``'s 1 KiB case) the proxy's CPU time per request went from 291 to 263 µs; with
-no canonical line at all it is 223 µs (medians of 5 interleaved rounds on a shared machine).
+(``benchmarks/run``'s 1 KiB case) the proxy's CPU time per request went from about 290 µs to
+about 255 µs; with no canonical line at all it is 222 µs (README, "Where hangup's time goes").
 
 Whenever the chain is not the one ``configure_logging`` installed (``structlog.testing``'s
 ``capture_logs`` swaps it, in place, for its capture), the event goes through structlog, so a

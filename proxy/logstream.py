@@ -3,7 +3,8 @@
 Flushing stdout after every canonical line cost one ``write(2)`` per request. Here those lines
 wait in a list and go out together on the event loop's next turn after the first of them
 (``LogStream.write_soon``): on an idle proxy that is within a millisecond of the request ending;
-under load, one write carries every line that ended in the same turn. Everything else (start-up,
+under load, one write carries every line that ended in the same turn. (Waiting 10 ms after the
+first line instead, to gather more, measured no cheaper under wrk.) Everything else (start-up,
 rejections, aiohttp's and uvicorn's records) is written and flushed at once, as before, and
 first pushes out any waiting lines, so stdout keeps the order in which events happened. Lines
 that have waited are also written when the interpreter exits (``atexit``) or before a hard
