@@ -16,10 +16,13 @@ import re
 import signal
 import subprocess
 import sys
+from http import HTTPStatus
 from typing import Any
 
+import pytest
 import structlog
 
+from proxy import exchange as exchange_module
 from proxy import logline
 from proxy.exchange import Exchange
 from proxy.logstream import LogStream
@@ -34,10 +37,20 @@ from tests.support import (
     watch_logs,
 )
 
+USUAL_FIELDS: dict[str, Any] = {
+    "request_id": "rid",
+    "method": "GET",
+    "path": "/",
+    "status": 200,
+    "outcome": "completed",
+    "duration_ms": 0.123,
+    "upstream_status": 200,
+    "client": "127.0.0.1",
+}
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 BUFFERED_STDOUT = {"PYTHONUNBUFFERED": ""}
 
-EXCHANGES = """
+EXCHANGES = r"""
 import structlog
 from proxy.exchange import Exchange, Outcome
 from proxy.routes import Action, Decision
@@ -52,6 +65,11 @@ def hung_up():
     exchange = Exchange("rid-2", "POST", "/slow", None, cancellable=False)
     exchange.decision = Decision(Action.GRACE, 2.5, "POST /slow*")
     exchange.hung_up()
+    return exchange
+
+def odd_completed():
+    exchange = Exchange("rid-5", "GET", '/"q"\\\x01\u2028', None, cancellable=True)
+    exchange.finish(Outcome.COMPLETED, 204)
     return exchange
 
 def upstream_error():
@@ -73,14 +91,20 @@ def run_script(body: str, *argv: str) -> list[str]:
     return finished.stdout.splitlines()
 
 
-def test_the_canonical_line_is_the_json_line_structlogs_pipeline_wrote() -> None:
-    fast_and_chain = """
-import sys
+@pytest.mark.parametrize(
+    "bound",
+    [
+        pytest.param("request_id='rid-bound'", id="request-id-bound-as-the-proxy-does"),
+        pytest.param("request_id='rid-bound', worker=3", id="another-key-bound"),
+    ],
+)
+def test_the_canonical_line_is_the_json_line_structlogs_pipeline_wrote(bound: str) -> None:
+    fast_and_chain = f"""
 from proxy import logline
 from proxy.logs import configure_logging
 configure_logging("json", "info")
-structlog.contextvars.bind_contextvars(request_id="rid-bound", worker=3)
-exchanges = [completed(), hung_up(), upstream_error()]
+structlog.contextvars.bind_contextvars({bound})
+exchanges = [completed(), odd_completed(), hung_up(), upstream_error()]
 for exchange in exchanges:
     exchange.write_log_line()
 logline.install(None)  # the processor chain, as before
@@ -88,8 +112,8 @@ for exchange in exchanges:
     exchange.write_log_line()
 """
     lines = run_script(fast_and_chain)
-    assert len(lines) == 6
-    fast, chain = [json.loads(line) for line in lines[:3]], [json.loads(line) for line in lines[3:]]
+    assert len(lines) == 8
+    fast, chain = [json.loads(line) for line in lines[:4]], [json.loads(line) for line in lines[4:]]
 
     for ours, structlogs in zip(fast, chain, strict=True):
         assert list(ours) == list(structlogs)  # the same keys in the same order
@@ -105,11 +129,42 @@ for exchange in exchanges:
         "upstream_status": 200,
         "client": "127.0.0.1",
         "event": "request",
-        "worker": 3,  # bound with structlog.contextvars
+        **({"worker": 3} if "worker" in bound else {}),
         "level": "info",
     }
-    assert (fast[1]["policy_action"], fast[1]["grace_seconds"]) == ("grace", 2.5)
-    assert (fast[2]["level"], fast[2]["reason"]) == ("warning", "connection refused")
+    assert (fast[1]["path"], fast[1]["client"]) == ('/"q"\\\x01\u2028', None)
+    assert (fast[2]["policy_action"], fast[2]["grace_seconds"]) == ("grace", 2.5)
+    assert (fast[3]["level"], fast[3]["reason"]) == ("warning", "connection refused")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param(USUAL_FIELDS, id="usual"),
+        pytest.param({**USUAL_FIELDS, "status": None, "client": None}, id="nulls"),
+        pytest.param({**USUAL_FIELDS, "path": '/"\\\n\x00é\U0001f600'}, id="escapes"),
+        pytest.param({**USUAL_FIELDS, "duration_ms": 1e-07}, id="tiny-float"),
+    ],
+)
+def test_the_usual_fields_render_as_json_dumps_writes_them(fields: dict[str, Any]) -> None:
+    members = exchange_module._render_usual_fields(dict(fields))
+
+    assert members is not None
+    assert "{" + members + "}" == json.dumps(fields)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({**USUAL_FIELDS, "reason": "x"}, id="another-field"),
+        pytest.param({**USUAL_FIELDS, "status": HTTPStatus.OK}, id="an-int-enum"),
+        pytest.param({**USUAL_FIELDS, "status": True}, id="a-bool"),
+        pytest.param({**USUAL_FIELDS, "duration_ms": float("nan")}, id="not-finite"),
+        pytest.param({**USUAL_FIELDS, "client": b"127.0.0.1"}, id="bytes"),
+    ],
+)
+def test_any_other_shape_is_left_to_the_json_encoder(fields: dict[str, Any]) -> None:
+    assert exchange_module._render_usual_fields(dict(fields)) is None
 
 
 def test_the_timestamp_is_iso_8601_utc_with_microseconds_and_now() -> None:
