@@ -2,8 +2,8 @@
 
 Flushing stdout after every canonical line cost one ``write(2)`` per request. Here those lines
 wait in a list and go out together on the event loop's next turn after the first of them
-(``LogStream.write_soon``): on an idle proxy that is within a millisecond of the request ending;
-under load, one write carries every line that ended in the same turn. (Waiting 10 ms after the
+(``LogStream.write_soon``): on an idle proxy that turn comes at once; under load, one write
+carries every line that ended in the same turn. (Waiting 10 ms after the
 first line instead, to gather more, measured no cheaper under wrk.) Everything else (start-up,
 rejections, aiohttp's and uvicorn's records) is written and flushed at once, as before, and
 first pushes out any waiting lines, so stdout keeps the order in which events happened. Lines
@@ -69,6 +69,7 @@ class LogStream:
         batch: list[str] = []
         size = 0
         for line in waiting:
+            # Characters are bytes here: the queued lines are JSON, escaped to ASCII.
             if batch and size + len(line) > ATOMIC_WRITE_BYTES:
                 self._write_batch(batch)
                 batch, size = [], 0
