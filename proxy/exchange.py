@@ -8,12 +8,13 @@ upstream has answered, not when the client left).
 from __future__ import annotations
 
 import enum
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-import structlog
-
+from proxy import logline
 from proxy.gate import Rejection
 from proxy.routes import DEFAULT_RULE, Action, Decision
 
@@ -23,8 +24,6 @@ _DEFAULT_DECISION = Decision(Action.CANCEL, 0.0, DEFAULT_RULE)
 def _nothing() -> None:
     return None
 
-
-log = structlog.get_logger("hangup.proxy")
 
 # nginx's convention for "client closed the connection before the response was complete".
 STATUS_CLIENT_CLOSED = 499
@@ -136,7 +135,43 @@ class Exchange:
                 fields["grace_seconds"] = self.decision.grace
         if self.reason is not None:
             fields["reason"] = self.reason
-        if self.outcome in _WARNING_OUTCOMES:
-            log.warning("request", **fields)
-        else:
-            log.info("request", **fields)
+        level = "warning" if self.outcome in _WARNING_OUTCOMES else "info"
+        logline.write_event(level, "request", fields, _render_usual_fields)
+
+
+# The fields write_log_line gives every request; the ones it adds only for some come after them.
+_USUAL_FIELD_COUNT = 8
+
+
+def _render_usual_fields(fields: dict[str, Any]) -> str | None:
+    """The fields of a request that ended without extras (no hang-up, no reason) as JSON members.
+
+    That is nearly every request, and this one f-string costs a third of the JSON encoder's time
+    (``proxy.logline``); any other shape, or a value of another type, is left to the encoder.
+    """
+    if len(fields) != _USUAL_FIELD_COUNT:
+        return None
+    request_id, method, path = fields["request_id"], fields["method"], fields["path"]
+    status, outcome, duration_ms = fields["status"], fields["outcome"], fields["duration_ms"]
+    upstream_status, client = fields["upstream_status"], fields["client"]
+    if not (
+        request_id.__class__ is method.__class__ is path.__class__ is outcome.__class__ is str
+        and duration_ms.__class__ is float
+        and math.isfinite(duration_ms)
+        and (status is None or status.__class__ is int)
+        and (upstream_status is None or upstream_status.__class__ is int)
+        and (client is None or client.__class__ is str)
+    ):
+        return None
+    string = logline.encode_json_string
+    return (
+        f'"request_id": {string(request_id)}, "method": {string(method)}, '
+        f'"path": {string(path)}, "status": {_json_int(status)}, '
+        f'"outcome": {string(outcome)}, "duration_ms": {duration_ms!r}, '
+        f'"upstream_status": {_json_int(upstream_status)}, '
+        f'"client": {"null" if client is None else string(client)}'
+    )
+
+
+def _json_int(value: int | None) -> str:
+    return "null" if value is None else int.__repr__(value)
