@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
+from proxy.coalesce import CoalescingTransport, WriteBatch
 from proxy.gate import Limits, Rejection, rejection_for_parse_error
 
 RejectionSink = Callable[[Rejection, str | None], None]
@@ -67,6 +68,14 @@ class GateServer(web.Server):
         self.header_timeout = header_timeout
         self.max_connections = max_connections
         self.on_reject = on_reject
+        self._write_batch: WriteBatch | None = None
+
+    @property
+    def write_batch(self) -> WriteBatch:
+        """The one batch of client writes per turn, shared by all of this server's connections."""
+        if self._write_batch is None:
+            self._write_batch = WriteBatch(self._loop)
+        return self._write_batch
 
     def __call__(self) -> RequestHandler:
         return GateRequestHandler(self, loop=self._loop, **self._kwargs)
@@ -83,7 +92,9 @@ class GateRequestHandler(RequestHandler):
         the forwarder closes the request's upstream connection here, with no wait for a turn."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
+        # Every write aiohttp makes for this client leaves at the end of the turn (proxy.coalesce).
+        real = cast("asyncio.Transport", transport)  # a stream transport: TCP or Unix
+        super().connection_made(CoalescingTransport(real, self._gate.write_batch))
         if len(self._gate.connections) > self._gate.max_connections:
             self._refuse(CONNECTION_LIMIT)
             return
