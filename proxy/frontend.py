@@ -27,7 +27,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
-from proxy.coalesce import CoalescingTransport, WriteBatch
+from proxy.coalesce import CoalescingTransport, EndOfTurn
 from proxy.gate import Limits, Rejection, rejection_for_parse_error
 
 RejectionSink = Callable[[Rejection, str | None], None]
@@ -68,13 +68,13 @@ class GateServer(web.Server):
         self.header_timeout = header_timeout
         self.max_connections = max_connections
         self.on_reject = on_reject
-        self._write_batch: WriteBatch | None = None
+        self._write_batch: EndOfTurn | None = None
 
     @property
-    def write_batch(self) -> WriteBatch:
+    def write_batch(self) -> EndOfTurn:
         """The one batch of client writes per turn, shared by all of this server's connections."""
         if self._write_batch is None:
-            self._write_batch = WriteBatch(self._loop)
+            self._write_batch = EndOfTurn(self._loop)
         return self._write_batch
 
     def __call__(self) -> RequestHandler:

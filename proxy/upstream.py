@@ -36,6 +36,7 @@ from typing import Final, cast
 
 import httptools
 
+from proxy.coalesce import EndOfTurn
 from proxy.config import ProxyConfig, Upstream
 
 _HIGH_WATER: Final = 256 * 1024
@@ -54,32 +55,6 @@ class _NotConnected(asyncio.Transport):
 
 
 _NOT_CONNECTED: Final = _NotConnected()
-
-
-class HeadBatch:
-    """Heads of bodiless requests written to their sockets together, once per turn of the loop.
-
-    On this kind of machine a socket write costs far more when it has to wake a sleeping peer
-    (about 16 µs on loopback) than when the peer is already running (about 7 µs): writing the
-    heads of one turn back to back wakes the upstream once for all of them (+13 % requests/s at
-    1 KiB under the benchmark's load). The cost is latency: a head waits for the end of the current
-    turn's callbacks, which is nothing when idle and a fraction of a turn under load. A connection
-    closed meanwhile (its client hung up) drops its head unsent.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._waiting: list[UpstreamConnection] = []
-
-    def add(self, connection: UpstreamConnection) -> None:
-        if not self._waiting:
-            self._loop.call_soon(self._write_all)
-        self._waiting.append(connection)
-
-    def _write_all(self) -> None:
-        waiting, self._waiting = self._waiting, []
-        for connection in waiting:
-            connection.write_waiting_head()
 
 
 class UpstreamError(Exception):
@@ -116,7 +91,7 @@ class ResponseHead:
 class UpstreamConnection(asyncio.Protocol):
     """One TCP or Unix connection to the upstream, carrying one exchange at a time."""
 
-    def __init__(self, read_timeout: float, heads: HeadBatch) -> None:
+    def __init__(self, read_timeout: float, heads: EndOfTurn) -> None:
         self._read_timeout = read_timeout
         self._heads = heads
         self._waiting_head: bytes | None = None
@@ -268,14 +243,16 @@ class UpstreamConnection(asyncio.Protocol):
         self._request_sent = not body_follows
         if body_follows:
             # The upload follows at once, and its timing against an early answer is delicate
-            # (``send_body``): only bodiless requests, the bulk of the traffic, wait for the batch.
+            # (``send_body``): only bodiless requests, the bulk of the traffic, wait for the turn.
             self._transport.write(head)
             return
+        # Written at the end of this turn with the other heads of the turn (proxy.coalesce); a
+        # connection closed meanwhile (its client hung up) drops its head unsent.
         self._waiting_head = head
         self._heads.add(self)
 
-    def write_waiting_head(self) -> None:
-        """Write the request head that ``send_request`` left for the batch (if still waiting)."""
+    def flush(self) -> None:
+        """Write the request head that ``send_request`` left for the end of the turn, if any."""
         head, self._waiting_head = self._waiting_head, None
         if head is not None and not self._transport.is_closing():
             self._transport.write(head)
@@ -481,7 +458,7 @@ class UpstreamPool:
         self._keepalive_timeout = config.upstream_keepalive_timeout
         self._idle: list[UpstreamConnection] = []
         self._closed = False
-        self._heads: HeadBatch | None = None
+        self._heads: EndOfTurn | None = None
 
     @property
     def idle_count(self) -> int:
@@ -527,7 +504,7 @@ class UpstreamPool:
     async def _connect(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         if self._heads is None:
-            self._heads = HeadBatch(loop)
+            self._heads = EndOfTurn(loop)
         heads = self._heads
 
         def protocol() -> UpstreamConnection:

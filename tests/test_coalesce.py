@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from proxy.coalesce import CoalescingTransport, WriteBatch
+from proxy.coalesce import CoalescingTransport, EndOfTurn
 from tests.support import LOOPBACK, WAIT
 
 
@@ -25,7 +25,7 @@ async def coalesced_pair() -> AsyncIterator[tuple[CoalescingTransport, asyncio.S
         real, _ = await loop.create_connection(asyncio.Protocol, LOOPBACK, port)
         far, far_writer = await accepted.get()
     try:
-        yield CoalescingTransport(real, WriteBatch(loop)), far
+        yield CoalescingTransport(real, EndOfTurn(loop)), far
     finally:
         real.abort()
         far_writer.close()
