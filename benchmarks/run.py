@@ -137,10 +137,10 @@ async def start_targets(run: Run) -> None:
     routes = [nginx.Route(proxy_port, origin_port), nginx.Route(proxy_hold_port, hold_port)]
     proxy_config = nginx.proxy_config(run.prefix, routes)
     proxy = await _start_nginx(run, "proxy", proxy_config, proxy_port, run.pinning.proxy_core)
-    workers = children_of(proxy)
+    workers = await _forked_workers(proxy)
     for worker in workers:
         run.fleet.adopt("nginx proxy worker", worker)
-    for worker in children_of(origin):
+    for worker in await _forked_workers(origin):
         run.fleet.adopt("nginx origin worker", worker)
     hangup = await _start_hangup(run, hangup_port, origin_port)
     await _start_hangup(run, hangup_hold_port, hold_port)
@@ -161,6 +161,20 @@ async def _start_nginx(run: Run, name: str, config: str, port: int, core: int | 
     process = run.fleet.spawn(f"nginx {name}", argv, core=core)
     await wait_until_listening(f"nginx {name}", process, port, log)
     return process.pid
+
+
+async def _forked_workers(master: int) -> list[int]:
+    """The nginx master's worker PIDs, once it has forked them.
+
+    The master listens before it forks, so "listening" does not mean "has a worker"; on a loaded
+    machine the fork can come a little later. /proc offers nothing to wait on, so it is looked at
+    again every 10 ms, for 10 s at most (an empty list then fails the start check).
+    """
+    for _ in range(1000):
+        if workers := children_of(master):
+            return workers
+        await asyncio.sleep(0.01)
+    return children_of(master)
 
 
 def _hangup_argv(port: int, upstream_port: int, *extra: str) -> list[str]:
