@@ -47,7 +47,7 @@ from proxy.headers import (
     downstream_response_headers,
     expects_continue,
     request_id_from,
-    upstream_request_headers,
+    upstream_request_fields,
 )
 from proxy.metrics import ProxyMetrics
 from proxy.response import ForwardedResponse, must_be_empty
@@ -315,17 +315,16 @@ class Forwarder:
         self, request: web.BaseRequest, exchange: Exchange, *, chunked: bool
     ) -> bytes:
         """The request line and header block, as the upstream will see them."""
-        headers = upstream_request_headers(
-            request.raw_headers, client_ip=request.remote, request_id=exchange.request_id
+        fields = upstream_request_fields(
+            request.raw_headers,
+            client_ip=request.remote,
+            request_id=exchange.request_id,
+            default_host=self._default_host,
         )
         # aiohttp decoded the target as UTF-8 with surrogateescape (aiohttp/_http_parser.pyx) and
         # the fields are decoded as latin-1 (proxy.headers): both encodings give back the bytes.
         request_line = f"{request.method} {_origin_form(request)} HTTP/1.1\r\n"
-        lines = []
-        if "Host" not in headers:
-            # An HTTP/1.0 client may send none; HTTP/1.1 requires it (RFC 9112 §3.2).
-            lines.append(f"Host: {self._default_host}\r\n")
-        lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
+        lines = [f"{name}: {value}\r\n" for name, value in fields]
         if chunked:
             # RFC 9112 §6.1: the client's chunked body is re-framed chunk by chunk, never buffered.
             lines.append(_CHUNKED)

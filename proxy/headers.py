@@ -7,6 +7,7 @@ field the ``Connection`` header nominates) *before* adding the proxy's own, so a
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -64,6 +65,21 @@ _NEVER_NOMINATED_BYTES = _as_bytes(_NEVER_NOMINATED)
 _REQUEST_DROPPED = _HOP_BY_HOP_BYTES | _as_bytes(_REQUEST_OWNED)
 
 
+@functools.lru_cache(maxsize=256)
+def _nominated_names(connection_values: tuple[bytes, ...]) -> frozenset[bytes]:
+    """The lower-cased field names ``Connection`` values nominate, as bytes, ``Host`` aside.
+
+    Cached: nearly every message says the same few things (``keep-alive``, ``close``,
+    ``Upgrade``), and working it out costs more than the rest of the header rewrite.
+    """
+    values = [value.decode("latin-1") for value in connection_values]
+    # A name that is not latin-1 once lower-cased becomes "?", which no token equals.
+    return (
+        frozenset(name.encode("latin-1", "replace") for name in nominated_by_connection(values))
+        - _NEVER_NOMINATED_BYTES
+    )
+
+
 def _end_to_end(raw: RawHeaders, drop: frozenset[bytes]) -> list[tuple[str, str]]:
     """Decode raw fields and keep the end-to-end ones, in order, repeats kept.
 
@@ -71,22 +87,24 @@ def _end_to_end(raw: RawHeaders, drop: frozenset[bytes]) -> list[tuple[str, str]
     the kept fields are decoded: this runs twice per request (about 2 µs for eight fields).
     Field names are tokens (RFC 9110 §5.1), plain ASCII, so ``bytes.lower`` is the right fold.
     """
-    kept: list[tuple[bytes, bytes, bytes]] = []
-    connection_values: list[str] = []
+    kept: list[tuple[str, str]] = []
+    kept_names: list[bytes] = []
+    connection_values: list[bytes] = []
     for name, value in raw:
         lowered = name.lower()
         if lowered in drop:
             if lowered == b"connection":
-                connection_values.append(value.decode("latin-1"))
+                connection_values.append(value)
             continue
-        kept.append((lowered, name, value))
+        kept.append((name.decode("latin-1"), value.decode("latin-1")))
+        kept_names.append(lowered)
     if connection_values:
-        # A name that is not latin-1 once lower-cased becomes "?", which no token equals.
-        nominated = {
-            name.encode("latin-1", "replace") for name in nominated_by_connection(connection_values)
-        } - _NEVER_NOMINATED_BYTES
-        kept = [field for field in kept if field[0] not in nominated]
-    return [(name.decode("latin-1"), value.decode("latin-1")) for _, name, value in kept]
+        nominated = _nominated_names(tuple(connection_values))
+        if not nominated.isdisjoint(kept_names):
+            kept = [
+                field for field, name in zip(kept, kept_names, strict=True) if name not in nominated
+            ]
+    return kept
 
 
 def request_id_from(raw: RawHeaders) -> str:
@@ -101,35 +119,53 @@ def request_id_from(raw: RawHeaders) -> str:
     return os.urandom(16).hex()
 
 
-def upstream_request_headers(
-    raw: RawHeaders, *, client_ip: str | None, request_id: str, scheme: str = "http"
-) -> CIMultiDict[str]:
-    """Headers to send upstream: the client's end-to-end fields plus the forwarding fields.
+def upstream_request_fields(
+    raw: RawHeaders,
+    *,
+    client_ip: str | None,
+    request_id: str,
+    scheme: str = "http",
+    default_host: str | None = None,
+) -> list[tuple[str, str]]:
+    """Fields to send upstream, in order: the client's end-to-end ones plus the forwarding ones.
 
     ``X-Forwarded-For`` is appended to (the client's list is kept, as nginx's
     ``$proxy_add_x_forwarded_for`` does: the backend must trust only the entries it knows were
     added by its own proxies). ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` describe this hop and
-    are replaced. ``Host`` is kept as the client sent it.
+    are replaced. ``Host`` is kept as the client sent it; ``default_host``, when given, is sent
+    first as ``Host`` for a client (HTTP/1.0) that sent none (RFC 9112 §3.2 requires it in
+    HTTP/1.1). The forwarding fields come last.
     """
-    kept = _end_to_end(raw, _REQUEST_DROPPED)
-    headers: CIMultiDict[str] = CIMultiDict(kept)
-    host = headers.get("Host")
+    fields = _end_to_end(raw, _REQUEST_DROPPED)
+    host = next((value for name, value in fields if name.lower() == "host"), None)
+    if host is None and default_host is not None:
+        fields.insert(0, ("Host", default_host))
     if client_ip is not None:
+        forwarded = [value for name, value in fields if name.lower() == "x-forwarded-for"]
+        if forwarded:
+            fields = [(name, value) for name, value in fields if name.lower() != "x-forwarded-for"]
         # Empty list elements are ignored (RFC 9110 §5.6.1.2), so they are not passed on.
         previous = [
             element.strip()
-            for value in headers.getall("X-Forwarded-For", [])
+            for value in forwarded
             for element in value.split(",")
             if element.strip()
         ]
-        if "X-Forwarded-For" in headers:
-            headers.popall("X-Forwarded-For")
-        headers["X-Forwarded-For"] = ", ".join([*previous, client_ip])
-    headers["X-Forwarded-Proto"] = scheme
+        fields.append(("X-Forwarded-For", ", ".join([*previous, client_ip])))
+    fields.append(("X-Forwarded-Proto", scheme))
     if host is not None:
-        headers["X-Forwarded-Host"] = host
-    headers[REQUEST_ID_HEADER] = request_id
-    return headers
+        fields.append(("X-Forwarded-Host", host))
+    fields.append((REQUEST_ID_HEADER, request_id))
+    return fields
+
+
+def upstream_request_headers(
+    raw: RawHeaders, *, client_ip: str | None, request_id: str, scheme: str = "http"
+) -> CIMultiDict[str]:
+    """``upstream_request_fields`` as a multi-dict."""
+    return CIMultiDict(
+        upstream_request_fields(raw, client_ip=client_ip, request_id=request_id, scheme=scheme)
+    )
 
 
 def downstream_response_headers(raw: RawHeaders) -> CIMultiDict[str]:

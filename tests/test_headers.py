@@ -14,6 +14,7 @@ from proxy.headers import (
     downstream_response_headers,
     expects_continue,
     request_id_from,
+    upstream_request_fields,
     upstream_request_headers,
 )
 
@@ -484,3 +485,21 @@ def test_empty_forwarded_for_elements_are_not_passed_on() -> None:
         request_id="r",
     )
     assert headers.getall("X-Forwarded-For") == ["10.0.0.1, 127.0.0.1"]
+
+
+def test_a_default_host_is_sent_first_only_to_stand_in_for_a_missing_one() -> None:
+    without = upstream_request_fields(
+        raw([("Accept", "*/*")]), client_ip=None, request_id=REQUEST_ID, default_host="up:8000"
+    )
+    with_host = upstream_request_fields(
+        raw([("Accept", "*/*"), ("Host", "app.example")]),
+        client_ip=None,
+        request_id=REQUEST_ID,
+        default_host="up:8000",
+    )
+
+    assert without[0] == ("Host", "up:8000")
+    # X-Forwarded-Host names what the client asked for; a stand-in is not that.
+    assert "X-Forwarded-Host" not in dict(without)
+    assert [value for name, value in with_host if name == "Host"] == ["app.example"]
+    assert dict(with_host)["X-Forwarded-Host"] == "app.example"
