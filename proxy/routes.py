@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import functools
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,12 @@ class RoutePolicy:
         for rule in self.rules:
             if rule.matches(method, path):
                 return rule.decision()
+        return self._default_decision(method)
+
+    # Per request when no rule matches (with no rules: every request). Cached, and bounded
+    # because a client chooses the method token.
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - one policy per process, kept for its life
+    def _default_decision(self, method: str) -> Decision:
         if not self.default.should_cancel(method):
             return Decision(Action.NEVER, 0.0, DEFAULT_RULE)
         if self.default_grace > 0:

@@ -358,8 +358,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def reset(self) -> None:
         """Forget the finished exchange so the connection can carry the next one."""
-        # A fresh parser: an answer to HEAD may have left llhttp waiting for a body it never gets.
-        self._parser = httptools.HttpResponseParser(self)
+        if self._head_only:
+            # An answer to HEAD may have left llhttp waiting for a body it never gets: a fresh
+            # parser. After any other complete answer llhttp is ready for the next one.
+            self._parser = httptools.HttpResponseParser(self)
         self._in_exchange = False
         self._head = None
         self._head_bytes = 0

@@ -75,6 +75,8 @@ _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 def is_websocket_handshake(request: web.BaseRequest) -> bool:
     """Whether ``request`` opens a WebSocket session to tunnel (``proxy.handshake``)."""
+    if "Upgrade" not in request.headers:
+        return False  # nearly every request: no need to collect the fields below
     return asks_for_websocket(
         request.method,
         (request.version.major, request.version.minor),
