@@ -14,11 +14,13 @@ import socket
 import struct
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from structlog.testing import capture_logs
+
+from demo_backend.child_process import LogLines, spawn_with_log_lines
 
 LOOPBACK = "127.0.0.1"
 HangupKind = Literal["fin", "rst"]
@@ -180,61 +182,40 @@ def request_bytes(
 # --- the project's console scripts as processes ------------------------------------------------
 
 
-@dataclass
 class ScriptProcess:
     """A console script started as a child process whose stdout is JSON log lines.
 
-    Every line is kept in ``lines``; ``wait_for`` waits (bounded) for a line that matches.
+    Every line is kept in ``lines`` (``demo_backend.child_process.LogLines``); ``wait_for``
+    waits (bounded) for a line that matches.
     """
 
-    process: asyncio.subprocess.Process
-    lines: list[dict[str, Any]] = field(default_factory=list)
-    raw_lines: list[str] = field(default_factory=list)
-    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
-    _pump: asyncio.Task[None] | None = None
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.output = LogLines(process)
 
     @classmethod
     async def start(cls, argv: Sequence[str], env: dict[str, str] | None = None) -> ScriptProcess:
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            stdin=asyncio.subprocess.DEVNULL,
-            env=full_env,
-        )
-        started = cls(process)
-        started._pump = asyncio.create_task(started._read_lines())
-        return started
+        return cls(await spawn_with_log_lines(argv, {**os.environ, **(env or {})}))
 
-    async def _read_lines(self) -> None:
-        assert self.process.stdout is not None
-        async for raw in self.process.stdout:
-            text = raw.decode(errors="replace").rstrip("\n")
-            async with self._changed:
-                self.raw_lines.append(text)
-                with contextlib.suppress(json.JSONDecodeError):
-                    parsed = json.loads(text)
-                    if isinstance(parsed, dict):
-                        self.lines.append(parsed)
-                self._changed.notify_all()
-        async with self._changed:
-            self._changed.notify_all()
+    @property
+    def lines(self) -> list[dict[str, Any]]:
+        return self.output.lines
+
+    @property
+    def raw_lines(self) -> list[str]:
+        return self.output.raw_lines
 
     async def wait_for(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = WAIT
     ) -> dict[str, Any]:
         """The first log line (old or new) for which ``predicate`` is true."""
-        async with asyncio.timeout(timeout), self._changed:
-            while True:
-                for line in self.lines:
-                    if predicate(line):
-                        return line
-                if self._pump is not None and self._pump.done():
-                    raise AssertionError(
-                        "process ended before the expected line:\n" + "\n".join(self.raw_lines)
-                    )
-                await self._changed.wait()
+        async with asyncio.timeout(timeout):
+            line = await self.output.first(predicate)
+        if line is None:
+            raise AssertionError(
+                "process ended before the expected line:\n" + "\n".join(self.raw_lines)
+            )
+        return line
 
     async def wait_for_event(self, event: str, **fields: Any) -> dict[str, Any]:
         return await self.wait_for(
@@ -253,16 +234,13 @@ class ScriptProcess:
 
     async def wait_for_text(self, predicate: Callable[[str], bool], timeout: float = WAIT) -> str:
         """The first output line, JSON or not (uvicorn's own CLI), that ``predicate`` accepts."""
-        async with asyncio.timeout(timeout), self._changed:
-            while True:
-                for text in self.raw_lines:
-                    if predicate(text):
-                        return text
-                if self._pump is not None and self._pump.done():
-                    raise AssertionError(
-                        "process ended before the expected line:\n" + "\n".join(self.raw_lines)
-                    )
-                await self._changed.wait()
+        async with asyncio.timeout(timeout):
+            text = await self.output.first_text(predicate)
+        if text is None:
+            raise AssertionError(
+                "process ended before the expected line:\n" + "\n".join(self.raw_lines)
+            )
+        return text
 
     def send_signal(self, signum: int) -> None:
         if self.process.returncode is None:
@@ -271,8 +249,7 @@ class ScriptProcess:
     async def wait_exit(self, timeout: float = WAIT) -> int:
         async with asyncio.timeout(timeout):
             code = await self.process.wait()
-            if self._pump is not None:
-                await self._pump
+            await self.output.pump
         return code
 
     async def stop(self) -> int:
