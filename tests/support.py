@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import struct
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
@@ -179,6 +180,19 @@ def request_bytes(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+def run_python(code: str, *argv: str) -> list[str]:
+    """Run ``code`` in a fresh interpreter (bounded); its stdout lines. Anything on stderr fails."""
+    finished = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert finished.stderr == ""
+    return finished.stdout.splitlines()
+
+
 # --- the project's console scripts as processes ------------------------------------------------
 
 
@@ -212,10 +226,13 @@ class ScriptProcess:
         async with asyncio.timeout(timeout):
             line = await self.output.first(predicate)
         if line is None:
-            raise AssertionError(
-                "process ended before the expected line:\n" + "\n".join(self.raw_lines)
-            )
+            raise self._ended_early()
         return line
+
+    def _ended_early(self) -> AssertionError:
+        return AssertionError(
+            "process ended before the expected line:\n" + "\n".join(self.raw_lines)
+        )
 
     async def wait_for_event(self, event: str, **fields: Any) -> dict[str, Any]:
         return await self.wait_for(
@@ -237,9 +254,7 @@ class ScriptProcess:
         async with asyncio.timeout(timeout):
             text = await self.output.first_text(predicate)
         if text is None:
-            raise AssertionError(
-                "process ended before the expected line:\n" + "\n".join(self.raw_lines)
-            )
+            raise self._ended_early()
         return text
 
     def send_signal(self, signum: int) -> None:

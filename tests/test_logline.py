@@ -14,8 +14,6 @@ import io
 import json
 import re
 import signal
-import subprocess
-import sys
 from http import HTTPStatus
 from typing import Any
 
@@ -33,6 +31,7 @@ from tests.support import (
     RawConnection,
     ScriptProcess,
     request_bytes,
+    run_python,
     script_path,
     watch_logs,
 )
@@ -80,15 +79,7 @@ def upstream_error():
 
 
 def run_script(body: str, *argv: str) -> list[str]:
-    finished = subprocess.run(
-        [sys.executable, "-c", EXCHANGES + body, *argv],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    assert finished.stderr == ""
-    return finished.stdout.splitlines()
+    return run_python(EXCHANGES + body, *argv)
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ reconfiguring inside the test process would detach the other tests' log capture.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+
+from tests.support import run_python
 
 SCRIPT = """
 import logging, sys, structlog
@@ -24,15 +24,7 @@ logging.getLogger("uvicorn.error").debug("uvicorn debug")
 
 
 def run_logging(log_format: str, level: str) -> list[str]:
-    finished = subprocess.run(
-        [sys.executable, "-c", SCRIPT, log_format, level],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    assert finished.stderr == ""
-    return finished.stdout.splitlines()
+    return run_python(SCRIPT, log_format, level)
 
 
 def test_structlog_events_and_aiohttp_records_are_both_json_lines() -> None:
