@@ -9,11 +9,7 @@ import hashlib
 import pytest
 
 from tests.conftest import ProxyFactory
-from tests.raw_upstream import (
-    RawUpstream,
-    answer_with,
-    response_bytes,
-)
+from tests.raw_upstream import RawUpstream, answer_with, response_bytes
 from tests.support import RawConnection, exchange, request_bytes
 
 PROXY_ADDED = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"}

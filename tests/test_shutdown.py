@@ -16,10 +16,7 @@ import pytest
 
 from tests.admin_support import admin_get
 from tests.conftest import ProxyFactory
-from tests.raw_upstream import (
-    RawUpstream,
-    SlowPathHeld,
-)
+from tests.raw_upstream import RawUpstream, SlowPathHeld
 from tests.support import (
     LOOPBACK,
     WAIT,

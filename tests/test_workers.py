@@ -24,10 +24,7 @@ import pytest
 from benchmarks.processes import is_alive
 from proxy.restart_policy import MAX_FAILED_STARTS, restart_delay
 from tests.admin_support import Scrape, admin_get, scrape
-from tests.raw_upstream import (
-    RawUpstream,
-    SlowPathHeld,
-)
+from tests.raw_upstream import RawUpstream, SlowPathHeld
 from tests.support import (
     LOOPBACK,
     WAIT,
