@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy import logline
-from proxy.gate import Rejection
 from proxy.routes import DEFAULT_RULE, Action, Decision
 
 _DEFAULT_DECISION = Decision(Action.CANCEL, 0.0, DEFAULT_RULE)
@@ -79,8 +78,6 @@ class Exchange:
     """Undoes the forwarder's synchronous hang-up hook when the exchange ends."""
     decision: Decision = _DEFAULT_DECISION
     """The policy rule that decides what a hang-up does to this request."""
-    body_problem: Rejection | None = None
-    """Why the client's body could not be forwarded (too large, stalled, malformed), if so."""
     client_left_at: float | None = None
     """``perf_counter`` when the proxy learned that the client left (the first ``hung_up``)."""
     upstream_closed_at: float | None = None

@@ -8,7 +8,7 @@ connection is lost (FIN or RST), ``RequestHandler.connection_lost`` cancels the 
 
 * **Cancellable** (GET, HEAD, OPTIONS, TRACE by default): before the task is even cancelled, a
   hook run from that same ``connection_lost`` closes the exchange's upstream connection
-  (``UpstreamClaim``), so the backend learns of the hang-up within the loop turn that saw it. The
+  (``_UpstreamLeg.cut``), so the backend learns of the hang-up within the loop turn that saw it. The
   ``CancelledError`` then lands wherever the exchange was waiting (reading the client's body,
   waiting for the upstream's head, or streaming its body) and the exchange ends as a 499. The
   upstream connection is closed, never pooled, so the backend's ``connection_lost`` fires.
@@ -54,7 +54,6 @@ from proxy.response import ForwardedResponse, must_be_empty
 from proxy.routes import Action, RoutePolicy
 from proxy.upstream import (
     ResponseHead,
-    UpstreamClaim,
     UpstreamConnectError,
     UpstreamConnection,
     UpstreamError,
@@ -77,13 +76,30 @@ UNSUPPORTED_EXPECTATION = Rejection(
 
 
 class _UpstreamLeg:
-    """The upstream side of one exchange: its connection and, for a request body, the upload."""
+    """The upstream side of one exchange: its connection and, for a request body, the upload.
 
-    __slots__ = ("connection", "upload")
+    ``cut`` closes the connection from the client connection's ``connection_lost`` itself.
+    Cancelling the exchange's task closes it too, but only when the task next runs: under load
+    that is one whole turn of the event loop later (benchmarks/). ``disarm`` (when the exchange
+    ends) makes ``cut`` a no-op, so a later hang-up on the same client connection never closes a
+    pooled connection that serves someone else by then.
+    """
+
+    __slots__ = ("armed", "connection", "upload")
 
     def __init__(self) -> None:
         self.connection: UpstreamConnection | None = None
         self.upload: asyncio.Task[None] | None = None
+        self.armed = True
+
+    def cut(self) -> bool:
+        """Close the connection (never to be pooled); True when there was an open one."""
+        connection = self.connection
+        if not self.armed or connection is None or connection.lost:
+            return False
+        self.armed = False
+        connection.close()
+        return True
 
 
 class Forwarder:
@@ -148,10 +164,9 @@ class Forwarder:
     async def _exchange(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
         structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
         leg = _UpstreamLeg()
-        claim = UpstreamClaim()
         self._metrics.started()
         if exchange.cancellable:
-            self._cut_on_hangup(request, exchange, claim)
+            self._cut_on_hangup(request, exchange, leg)
         try:
             rejection = self._admission(request)
             if rejection is not None:
@@ -159,9 +174,9 @@ class Forwarder:
             self._upstream_active += 1
             try:
                 async with asyncio.timeout_at(self._client_deadline(request)) as budget:
-                    head = await self._send_upstream(request, exchange, leg, claim)
+                    connection, head = await self._send_upstream(request, exchange, leg)
                     exchange.upstream_status = head.status
-                    return await self._relay_response(request, exchange, leg, head)
+                    return await self._relay_response(request, exchange, connection, head)
             except TimeoutError:
                 if not budget.expired():
                     raise
@@ -175,39 +190,35 @@ class Forwarder:
             # Writing to a client that left (its loss may not have been noticed yet).
             exchange.hung_up()
             return _error_response(499, "client closed the connection")
-        except (UpstreamError, ClientBodyError) as exc:
-            # The upload runs beside the wait for the answer: a failure may be the client's body
-            # (or the client leaving mid-upload) rather than the upstream.
+        except ClientBodyError as exc:
+            # From the upload, which runs beside the wait for the answer.
             if exchange.client_gone:
                 exchange.hung_up()
                 return _error_response(499, "client closed the connection")
-            if exchange.body_problem is not None:
-                return _refuse(exchange, exchange.body_problem)
-            if isinstance(exc, ClientBodyError):  # pragma: no cover - body_problem is always set
-                raise
+            return _refuse(exchange, exc.rejection)
+        except UpstreamError as exc:
             return self._upstream_failed(exchange, exc)
         finally:
             self._finished(exchange, leg)
 
     def _cut_on_hangup(
-        self, request: web.BaseRequest, exchange: Exchange, claim: UpstreamClaim
+        self, request: web.BaseRequest, exchange: Exchange, leg: _UpstreamLeg
     ) -> None:
         """Close this exchange's upstream connection inside the client's ``connection_lost``.
 
-        The exchange records the connection it holds in ``claim``; the hook is removed when the
-        exchange ends, so a later hang-up can never close a pooled connection serving someone else.
+        The hook is removed, and ``leg`` disarmed, when the exchange ends (``_UpstreamLeg``).
         """
         protocol = request.protocol
         if not isinstance(protocol, GateRequestHandler):
             return
 
         def cut() -> None:
-            if claim.cut():
+            if leg.cut():
                 exchange.hung_up()
                 exchange.closed_upstream()
 
         protocol.hangup_hooks.append(cut)
-        exchange.release_hangup_hook = lambda: _discard_hook(protocol, cut, claim)
+        exchange.release_hangup_hook = lambda: _discard_hook(protocol, cut, leg)
 
     def _finished(self, exchange: Exchange, leg: _UpstreamLeg) -> None:
         """Every exchange ends here once: its upstream pooled or closed, then recorded."""
@@ -281,16 +292,16 @@ class Forwarder:
             exchange.closed_upstream()
 
     async def _send_upstream(
-        self, request: web.BaseRequest, exchange: Exchange, leg: _UpstreamLeg, claim: UpstreamClaim
-    ) -> ResponseHead:
+        self, request: web.BaseRequest, exchange: Exchange, leg: _UpstreamLeg
+    ) -> tuple[UpstreamConnection, ResponseHead]:
         """Send the request (its body from a task of its own) and wait for the answer's head."""
         has_body = request.body_exists
         chunked = has_body and "Content-Length" not in request.headers
         head = self._request_head(request, exchange, chunked=chunked)
-        connection = leg.connection = claim.connection = await self._pool.acquire()
+        connection = leg.connection = await self._pool.acquire()
         connection.send_request(head, head_only=request.method == "HEAD", body_follows=has_body)
         if not has_body:
-            return await connection.response_head()
+            return connection, await connection.response_head()
         upload = leg.upload = asyncio.create_task(
             self._upload(
                 request,
@@ -309,7 +320,7 @@ class Forwarder:
             connection.head is None or isinstance(failure, ClientBodyError)
         ):
             raise failure
-        return await connection.response_head()
+        return connection, await connection.response_head()
 
     def _request_head(
         self, request: web.BaseRequest, exchange: Exchange, *, chunked: bool
@@ -353,8 +364,7 @@ class Forwarder:
             if limit is not None and received > limit:
                 # A chunked body has no declared size: it is cut where it crosses the limit, and
                 # the upstream sees an incomplete request (its connection is closed, not pooled).
-                exchange.body_problem = body_too_large(limit)
-                raise ClientBodyError(exchange.body_problem.reason)
+                raise ClientBodyError(body_too_large(limit))
             await connection.send_body(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
         if chunked:
             await connection.send_body(_LAST_CHUNK)
@@ -368,20 +378,19 @@ class Forwarder:
             async with asyncio.timeout(self._body_timeout):
                 return await request.content.readany()
         except TimeoutError as exc:
-            exchange.body_problem = BODY_TIMEOUT
-            raise ClientBodyError(BODY_TIMEOUT.reason) from exc
+            raise ClientBodyError(BODY_TIMEOUT) from exc
         except Exception as exc:
             # The client left mid-upload, or its chunked framing broke.
             exchange.client_gone = request.transport is None
-            exchange.body_problem = BAD_BODY
-            raise ClientBodyError(str(exc)) from exc
+            raise ClientBodyError(BAD_BODY) from exc
 
     async def _relay_response(
-        self, request: web.BaseRequest, exchange: Exchange, leg: _UpstreamLeg, head: ResponseHead
+        self,
+        request: web.BaseRequest,
+        exchange: Exchange,
+        connection: UpstreamConnection,
+        head: ResponseHead,
     ) -> web.StreamResponse:
-        connection = leg.connection
-        if connection is None:  # pragma: no cover - _send_upstream always sets it
-            raise RuntimeError("an answer without a connection")
         if request.transport is None:
             # A write carried to the end whose client already left: discard the answer, reading
             # it whole so the connection can serve the next request.
@@ -393,7 +402,6 @@ class Forwarder:
             status=head.status,
             reason=head.reason,
             headers=downstream_response_headers(head.raw_headers),
-            body_already_here=connection.body_already_here,
         )
         try:
             await response.prepare(request)
@@ -429,9 +437,9 @@ class Forwarder:
 
 
 def _discard_hook(
-    protocol: GateRequestHandler, hook: Callable[[], None], claim: UpstreamClaim
+    protocol: GateRequestHandler, hook: Callable[[], None], leg: _UpstreamLeg
 ) -> None:
-    claim.connection = None
+    leg.armed = False
     with contextlib.suppress(ValueError):  # already run and cleared by connection_lost
         protocol.hangup_hooks.remove(hook)
 
@@ -461,7 +469,11 @@ def _origin_form(request: web.BaseRequest) -> str:
 
 
 class ClientBodyError(Exception):
-    """The client's request body could not be forwarded; the reason is on the exchange."""
+    """The client's request body could not be forwarded; ``rejection`` says how to answer."""
+
+    def __init__(self, rejection: Rejection) -> None:
+        super().__init__(rejection.reason)
+        self.rejection = rejection
 
 
 def _refuse(exchange: Exchange, rejection: Rejection) -> web.Response:

@@ -23,8 +23,9 @@ parsing:
   written, and both sides said keep-alive; anything else (a hang-up, a timeout, a parse error, an
   answer to a HEAD that carried body bytes, an unsolicited byte while idle) closes it. Nothing is
   ever retried: a request that may have reached the upstream is never sent twice.
-* ``UpstreamClaim`` lets the client connection's ``connection_lost`` close the exchange's upstream
-  connection synchronously, without waiting for the cancelled task to run (``proxy.forward``).
+* ``UpstreamConnection.close`` is synchronous, so the client connection's ``connection_lost`` can
+  close the exchange's upstream connection without waiting for the cancelled task to run
+  (``proxy.forward``).
 """
 
 from __future__ import annotations
@@ -294,11 +295,6 @@ class UpstreamConnection(asyncio.Protocol):
         """The answer's head, once it arrived."""
         return self._head
 
-    @property
-    def body_already_here(self) -> bool:
-        """True when body bytes (or the body's end) arrived together with the head."""
-        return self._buffered > 0 or self._complete
-
     async def response_head(self) -> ResponseHead:
         """The answer's head, once it is here (timed once the whole request is written)."""
         while self._head is None:
@@ -524,25 +520,3 @@ class UpstreamPool:
         except (OSError, TimeoutError) as exc:
             raise UpstreamConnectError("upstream_connect_failed") from exc
         return connection
-
-
-class UpstreamClaim:
-    """The upstream connection one exchange holds, so a hang-up can close it synchronously.
-
-    Cancelling the exchange's task closes the connection too, but only when the task next runs:
-    under load that is one whole turn of the event loop later (about 18 ms with 64 busy clients,
-    benchmarks/). ``cut`` is called from the client connection's ``connection_lost`` itself.
-    """
-
-    __slots__ = ("connection",)
-
-    def __init__(self) -> None:
-        self.connection: UpstreamConnection | None = None
-
-    def cut(self) -> bool:
-        """Close the claimed connection (never to the pool); True when there was one."""
-        connection, self.connection = self.connection, None
-        if connection is None or connection.lost:
-            return False
-        connection.close()
-        return True

@@ -201,12 +201,7 @@ class WebSocketTunnels:
             async with asyncio.timeout(self._handshake_timeout):
                 return parse_response_head(await reader.readuntil(b"\r\n\r\n"))
         except TimeoutError as exc:
-            raise TunnelFailedError(
-                Outcome.UPSTREAM_TIMEOUT,
-                504,
-                "upstream_read_timeout",
-                "the upstream did not answer in time",
-            ) from exc
+            raise _upstream_silent() from exc
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             raise _upstream_failed(exc) from exc
         except BadResponseHeadError as exc:
@@ -227,19 +222,13 @@ class WebSocketTunnels:
             async with asyncio.timeout(self._handshake_timeout):
                 body = await _read_body(reader, request.method, head)
         except TimeoutError as exc:
-            raise TunnelFailedError(
-                Outcome.UPSTREAM_TIMEOUT,
-                504,
-                "upstream_read_timeout",
-                "the upstream did not answer in time",
-            ) from exc
+            raise _upstream_silent() from exc
         except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
             raise _upstream_failed(exc) from exc
         response = ForwardedResponse(
             status=head.status,
             reason=head.reason,
             headers=downstream_response_headers(head.headers),
-            body_already_here=True,  # read whole above
         )
         # The client asked to leave HTTP; after a refusal it gets a clean end instead.
         response.force_close()
@@ -287,6 +276,15 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         body += await reader.readexactly(size)
         if await reader.readexactly(2) != b"\r\n":
             raise ValueError("chunk not followed by CRLF")
+
+
+def _upstream_silent() -> TunnelFailedError:
+    return TunnelFailedError(
+        Outcome.UPSTREAM_TIMEOUT,
+        504,
+        "upstream_read_timeout",
+        "the upstream did not answer in time",
+    )
 
 
 def _upstream_failed(exc: BaseException) -> TunnelFailedError:
