@@ -62,6 +62,15 @@ def choose_pinning() -> Pinning:
     return Pinning(cores[0], cores[1])
 
 
+def pin_driver() -> Pinning:
+    """Choose the pinning, then move this driver onto the load core; call once, before anything
+    is started (the choice reads this process's own affinity, which this narrows)."""
+    pinning = choose_pinning()
+    if pinning.load_core is not None:
+        os.sched_setaffinity(0, {pinning.load_core})
+    return pinning
+
+
 def free_port() -> int:
     """A port on loopback that nothing listens on right now (the kernel picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

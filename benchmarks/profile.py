@@ -13,7 +13,6 @@ own C code (reading sockets, dispatching callbacks).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -29,8 +28,8 @@ from benchmarks.processes import (
     Fleet,
     Pinning,
     StartError,
-    choose_pinning,
     free_port,
+    pin_driver,
     wait_exit,
     wait_until_listening,
 )
@@ -54,12 +53,20 @@ def _say(message: str) -> None:
 class Session:
     """One profiling run: the origin, hangup (maybe under cProfile), and wrk, all in ``fleet``."""
 
-    def __init__(self, fleet: Fleet, prefix: Path, args: argparse.Namespace, tools: Tools) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        prefix: Path,
+        args: argparse.Namespace,
+        tools: Tools,
+        pinning: Pinning,
+    ) -> None:
         self.fleet = fleet
         self.prefix = prefix
         self.args = args
         self.tools = tools
-        self.pinning: Pinning = choose_pinning()
+        # Chosen before the driver pinned itself: asked again now, it would see one core.
+        self.pinning = pinning
         self.hangup_port = free_port()
 
     @property
@@ -185,14 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     except ToolError as exc:
         _say(str(exc))
         return 2
-    pinning = choose_pinning()
-    if pinning.load_core is not None:
-        os.sched_setaffinity(0, {pinning.load_core})
+    pinning = pin_driver()
     fleet = Fleet(_say, tools.taskset)
     with tempfile.TemporaryDirectory(prefix="hangup-profile-") as tmp:
         prefix = Path(tmp)
         prefix.chmod(0o755)
-        session = Session(fleet, prefix, args, tools)
+        session = Session(fleet, prefix, args, tools, pinning)
         if args.profiler == "none":
             work = measure_only(session)
         elif py_spy is not None and args.profiler == "py-spy":

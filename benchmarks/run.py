@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -44,8 +43,8 @@ from benchmarks.processes import (
     Pinning,
     StartError,
     children_of,
-    choose_pinning,
     free_port,
+    pin_driver,
     wait_until_listening,
     wait_until_ready,
 )
@@ -396,9 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     except ToolError as exc:
         _say(str(exc))
         return 2
-    pinning = choose_pinning()
-    if pinning.load_core is not None:
-        os.sched_setaffinity(0, {pinning.load_core})
+    pinning = pin_driver()
     # Held client sockets here, and as many again in the proxy (which inherits the limit).
     limit = memory.raise_open_file_limit(plan.held * 3 + 1024)
     if limit < plan.held * 2 + 256:
