@@ -7,8 +7,10 @@ connection is lost (FIN or RST), ``RequestHandler.connection_lost`` cancels the 
 ``Forwarder.handle`` for it. What happens next depends on the method's policy:
 
 * **Cancellable** (GET, HEAD, OPTIONS, TRACE by default): before the task is even cancelled, a
-  hook run from that same ``connection_lost`` closes the exchange's upstream connection
-  (``_UpstreamLeg.cut``), so the backend learns of the hang-up within the loop turn that saw it. The
+  hook closes the exchange's upstream connection (``_UpstreamLeg.cut``) from the callback that
+  learned of the hang-up: ``eof_received`` for a FIN, within the read that saw it, or
+  ``connection_lost`` for a RST (``GateRequestHandler.hangup_hooks``). The close shuts the socket
+  down at once (``proxy.upstream``), so the backend learns of the hang-up in that same turn. The
   ``CancelledError`` then lands wherever the exchange was waiting (reading the client's body,
   waiting for the upstream's head, or streaming its body) and the exchange ends as a 499. The
   upstream connection is closed, never pooled, so the backend's ``connection_lost`` fires.
@@ -78,7 +80,8 @@ UNSUPPORTED_EXPECTATION = Rejection(
 class _UpstreamLeg:
     """The upstream side of one exchange: its connection and, for a request body, the upload.
 
-    ``cut`` closes the connection from the client connection's ``connection_lost`` itself.
+    ``cut`` closes the connection from the client connection's own callbacks (``eof_received``
+    or ``connection_lost``; ``GateRequestHandler.hangup_hooks``).
     Cancelling the exchange's task closes it too, but only when the task next runs: under load
     that is one whole turn of the event loop later (benchmarks/). ``disarm`` (when the exchange
     ends) makes ``cut`` a no-op, so a later hang-up on the same client connection never closes a
@@ -204,7 +207,7 @@ class Forwarder:
     def _cut_on_hangup(
         self, request: web.BaseRequest, exchange: Exchange, leg: _UpstreamLeg
     ) -> None:
-        """Close this exchange's upstream connection inside the client's ``connection_lost``.
+        """Close this exchange's upstream connection inside the client's FIN or connection loss.
 
         The hook is removed, and ``leg`` disarmed, when the exchange ends (``_UpstreamLeg``).
         """
@@ -440,7 +443,7 @@ def _discard_hook(
     protocol: GateRequestHandler, hook: Callable[[], None], leg: _UpstreamLeg
 ) -> None:
     leg.armed = False
-    with contextlib.suppress(ValueError):  # already run and cleared by connection_lost
+    with contextlib.suppress(ValueError):  # already run and cleared (hangup_hooks)
         protocol.hangup_hooks.remove(hook)
 
 

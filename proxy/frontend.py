@@ -88,8 +88,12 @@ class GateRequestHandler(RequestHandler):
         self._header_deadline: asyncio.TimerHandle | None = None
         self._head_started = False
         self.hangup_hooks: list[Callable[[], object]] = []
-        """Called first thing when the connection is lost, before aiohttp cancels the handler:
-        the forwarder closes the request's upstream connection here, with no wait for a turn."""
+        """Run once, in the callback that learns the client left: ``eof_received`` for a FIN,
+        inside the very read that saw it, or else ``connection_lost`` (a RST, which both loops
+        report only through a queued ``connection_lost``). The forwarder closes the request's
+        upstream connection here, before aiohttp cancels the handler, with no wait for a turn.
+        A FIN is a hang-up even as a half-close: aiohttp closes the connection on it anyway
+        (cancellation-facts: half-close)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Every write aiohttp makes for this client leaves at the end of the turn (proxy.coalesce).
@@ -102,10 +106,17 @@ class GateRequestHandler(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm_header_deadline()
-        for hook in self.hangup_hooks:
-            hook()
-        self.hangup_hooks.clear()
+        self._run_hangup_hooks()
         super().connection_lost(exc)
+
+    def eof_received(self) -> None:
+        self._run_hangup_hooks()
+        super().eof_received()
+
+    def _run_hangup_hooks(self) -> None:
+        hooks, self.hangup_hooks = self.hangup_hooks, []
+        for hook in hooks:
+            hook()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 
@@ -10,7 +11,15 @@ from proxy.frontend import GateRequestHandler
 from proxy.policy import CancelPolicy
 from tests.conftest import ProxyFactory
 from tests.raw_upstream import RawUpstream, ReceivedRequest, UpstreamConnection, response_bytes
-from tests.support import HANGUP_KINDS, WAIT, HangupKind, RawConnection, request_bytes, watch_logs
+from tests.support import (
+    HANGUP_KINDS,
+    LOOPBACK,
+    WAIT,
+    HangupKind,
+    RawConnection,
+    request_bytes,
+    watch_logs,
+)
 
 
 class HeldAnswer:
@@ -196,3 +205,51 @@ async def test_the_upstream_is_cut_from_connection_lost_and_only_while_the_excha
     assert line["upstream_closed"] is True
     # The second request reused the pooled connection, and only its hang-up closed it.
     assert len(upstream.connections) == 1
+
+
+def _saw_end(peer: socket.socket) -> bool:
+    """Whether ``peer``'s connection has ended (FIN or RST) by now, without waiting for it."""
+    try:
+        return peer.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+async def test_a_client_fin_ends_the_upstream_connection_within_the_read_that_saw_it(
+    start_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIN is acted on in ``eof_received``, inside the read that saw it, and the upstream
+    socket is shut down there and then. Both loops otherwise wait for queued callbacks: the
+    client's ``connection_lost`` and the upstream socket's close each come a ``call_soon`` later,
+    and under load each of those waits was most of a loop turn (benchmarks/)."""
+    loop = asyncio.get_running_loop()
+    with socket.create_server((LOOPBACK, 0)) as listener:
+        listener.setblocking(False)
+        async with start_proxy(f"http://{LOOPBACK}:{listener.getsockname()[1]}") as proxy:
+            assert proxy.runner.server is not None
+            client = await RawConnection.open(proxy.address.port)
+            await client.send(request_bytes("GET", "/slow"))
+            async with asyncio.timeout(WAIT):
+                peer, _ = await loop.sock_accept(listener)
+            with peer:
+                received = b""
+                async with asyncio.timeout(WAIT):
+                    while b"\r\n\r\n" not in received:
+                        received += await loop.sock_recv(peer, 65536)
+                [handler] = proxy.runner.server.connections
+                assert isinstance(handler, GateRequestHandler)
+                ended_at_eof: list[bool] = []
+                eof_received = handler.eof_received
+
+                def watched_eof_received() -> None:
+                    eof_received()
+                    ended_at_eof.append(_saw_end(peer))
+
+                monkeypatch.setattr(handler, "eof_received", watched_eof_received)
+                with watch_logs() as logs:
+                    client.hang_up("fin")
+                    line = await logs.wait_for("request")
+    assert ended_at_eof == [True]
+    assert (line["status"], line["upstream_closed"]) == (499, True)
