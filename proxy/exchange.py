@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +17,6 @@ from proxy import logline
 from proxy.routes import DEFAULT_RULE, Action, Decision
 
 _DEFAULT_DECISION = Decision(Action.CANCEL, 0.0, DEFAULT_RULE)
-
-
-def _nothing() -> None:
-    return None
 
 
 # nginx's convention for "client closed the connection before the response was complete".
@@ -74,8 +69,6 @@ class Exchange:
     """True when the proxy closed the upstream connection because the client hung up."""
     reason: str | None = None
     client_gone: bool = False
-    release_hangup_hook: Callable[[], None] = _nothing
-    """Undoes the forwarder's synchronous hang-up hook when the exchange ends."""
     decision: Decision = _DEFAULT_DECISION
     """The policy rule that decides what a hang-up does to this request."""
     client_left_at: float | None = None

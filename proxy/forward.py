@@ -80,29 +80,45 @@ UNSUPPORTED_EXPECTATION = Rejection(
 class _UpstreamLeg:
     """The upstream side of one exchange: its connection and, for a request body, the upload.
 
-    ``cut`` closes the connection from the client connection's own callbacks (``eof_received``
-    or ``connection_lost``; ``GateRequestHandler.hangup_hooks``).
+    A cancellable exchange's leg is also its hang-up hook (``arm``): the client connection calls
+    it from its own callbacks (``eof_received`` or ``connection_lost``;
+    ``GateRequestHandler.hangup_hooks``), and it closes the upstream connection there and then.
     Cancelling the exchange's task closes it too, but only when the task next runs: under load
     that is one whole turn of the event loop later (benchmarks/). ``disarm`` (when the exchange
-    ends) makes ``cut`` a no-op, so a later hang-up on the same client connection never closes a
+    ends) takes the hook back, so a later hang-up on the same client connection never closes a
     pooled connection that serves someone else by then.
     """
 
-    __slots__ = ("armed", "connection", "upload")
+    __slots__ = ("armed", "connection", "exchange", "hooks", "upload")
 
-    def __init__(self) -> None:
+    def __init__(self, exchange: Exchange) -> None:
+        self.exchange = exchange
         self.connection: UpstreamConnection | None = None
         self.upload: asyncio.Task[None] | None = None
-        self.armed = True
+        self.armed = False
+        self.hooks: list[Callable[[], object]] = []
 
-    def cut(self) -> bool:
-        """Close the connection (never to be pooled); True when there was an open one."""
+    def arm(self, hooks: list[Callable[[], object]]) -> None:
+        """Be called when the client leaves, until ``disarm``."""
+        self.armed = True
+        self.hooks = hooks
+        hooks.append(self)
+
+    def disarm(self) -> None:
+        if self.armed:
+            self.armed = False
+            with contextlib.suppress(ValueError):  # already run: the hooks are run once
+                self.hooks.remove(self)
+
+    def __call__(self) -> None:
+        """The client left: close the connection (never to be pooled), if one is open."""
         connection = self.connection
         if not self.armed or connection is None or connection.lost:
-            return False
+            return
         self.armed = False
         connection.close()
-        return True
+        self.exchange.hung_up()
+        self.exchange.closed_upstream()
 
 
 class Forwarder:
@@ -166,10 +182,12 @@ class Forwarder:
 
     async def _exchange(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
         structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
-        leg = _UpstreamLeg()
+        leg = _UpstreamLeg(exchange)
         self._metrics.started()
-        if exchange.cancellable:
-            self._cut_on_hangup(request, exchange, leg)
+        protocol = request.protocol
+        if exchange.cancellable and isinstance(protocol, GateRequestHandler):
+            # Closed inside the client's FIN or connection loss, not a turn later.
+            leg.arm(protocol.hangup_hooks)
         try:
             rejection = self._admission(request)
             if rejection is not None:
@@ -204,28 +222,9 @@ class Forwarder:
         finally:
             self._finished(exchange, leg)
 
-    def _cut_on_hangup(
-        self, request: web.BaseRequest, exchange: Exchange, leg: _UpstreamLeg
-    ) -> None:
-        """Close this exchange's upstream connection inside the client's FIN or connection loss.
-
-        The hook is removed, and ``leg`` disarmed, when the exchange ends (``_UpstreamLeg``).
-        """
-        protocol = request.protocol
-        if not isinstance(protocol, GateRequestHandler):
-            return
-
-        def cut() -> None:
-            if leg.cut():
-                exchange.hung_up()
-                exchange.closed_upstream()
-
-        protocol.hangup_hooks.append(cut)
-        exchange.release_hangup_hook = lambda: _discard_hook(protocol, cut, leg)
-
     def _finished(self, exchange: Exchange, leg: _UpstreamLeg) -> None:
         """Every exchange ends here once: its upstream pooled or closed, then recorded."""
-        exchange.release_hangup_hook()
+        leg.disarm()
         upload = leg.upload
         if upload is not None and not upload.done():
             # The answer came (or the exchange failed) before the whole body was sent: the
@@ -437,14 +436,6 @@ class Forwarder:
             return _error_response(502, "the upstream could not be reached")
         exchange.finish(Outcome.UPSTREAM_ERROR, 502, f"upstream_failed: {exc.reason}")
         return _error_response(502, "the upstream connection failed")
-
-
-def _discard_hook(
-    protocol: GateRequestHandler, hook: Callable[[], None], leg: _UpstreamLeg
-) -> None:
-    leg.armed = False
-    with contextlib.suppress(ValueError):  # already run and cleared (hangup_hooks)
-        protocol.hangup_hooks.remove(hook)
 
 
 def _retrieve_failure(upload: asyncio.Task[None]) -> None:
