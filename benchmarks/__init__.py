@@ -5,6 +5,7 @@ installed when missing) → ``processes`` (every child pinned to a core, recorde
 → ``nginx`` (origin and reference proxy configs) → ``wrk`` (load, read back from ``report.lua``)
 → ``hold_origin`` and ``propagation`` (hang-up timing) → ``client`` and ``memory`` (RSS with idle
 connections held) → ``interference`` (CPU other processes took) → ``report`` and ``provenance``
-(the table and where its numbers came from). ``profile`` runs py-spy or cProfile on hangup under
-the same load; ``samples`` renders what they found.
+(the table and where its numbers came from). ``bare_aiohttp_proxy`` is the ceiling measured beside
+hangup: the least proxy aiohttp's server can run. ``profile`` runs py-spy or cProfile on hangup
+under the same load; ``samples`` renders what they found.
 """

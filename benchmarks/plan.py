@@ -31,3 +31,8 @@ QUICK = Plan(
 
 HANGUP_SCRIPT = Path(sys.executable).with_name("hangup-proxy")
 """The console script installed next to this interpreter (the project's venv)."""
+
+ROOT = Path(__file__).resolve().parent.parent
+"""The checkout: ``python -m benchmarks.…`` children run from here, wherever the driver runs."""
+BARE_PROXY_ARGV = [sys.executable, "-m", "benchmarks.bare_aiohttp_proxy"]
+"""The aiohttp-server ceiling (``benchmarks.bare_aiohttp_proxy``), on this interpreter."""

@@ -118,6 +118,7 @@ class Fleet:
         core: int | tuple[int, ...] | None,
         stdout: IO[bytes] | int = subprocess.DEVNULL,
         stderr: IO[bytes] | int = subprocess.DEVNULL,
+        cwd: Path | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start ``argv`` pinned to ``core`` (or to each of several cores); taskset execs the
         program, so the PID is its own."""
@@ -126,7 +127,7 @@ class Fleet:
             cores = ",".join(map(str, core)) if isinstance(core, tuple) else str(core)
             command = [str(self._taskset), "-c", cores, *command]
         process = subprocess.Popen(  # noqa: S603 - the benchmark's own programs, no shell
-            command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
+            command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, cwd=cwd
         )
         self._children.append((name, process))
         self._say(f"started pid {process.pid} {name}")

@@ -13,11 +13,16 @@ from benchmarks.wrk import WrkResult
 
 DIRECT, NGINX, HANGUP = "direct", "nginx", "hangup"
 TARGETS = (DIRECT, NGINX, HANGUP)
-"""The table's columns: every one is measured for throughput, hang-ups and memory."""
+"""Measured for throughput, hang-ups and memory: each a column of the table."""
+BARE = "bare-aiohttp"
+"""``benchmarks.bare_aiohttp_proxy``: the ceiling aiohttp's server puts on any proxy built on it.
+Measured for throughput only, in a column of its own, each cell with its ratio to nginx."""
+COLUMNS = (DIRECT, NGINX, BARE, HANGUP)
+"""Left to right: the two references, the aiohttp ceiling, then hangup next to its ratio."""
 HANGUP_WORKERS = "hangup-workers"
 """hangup ``--workers 2``: measured for throughput only, reported in rows of its own."""
 WORKERS = 2
-THROUGHPUT_TARGETS = (*TARGETS, HANGUP_WORKERS)
+THROUGHPUT_TARGETS = (*TARGETS, BARE, HANGUP_WORKERS)
 SIZES = {"1k": "1 KiB", "100k": "100 KiB"}
 TIMES = "\N{MULTIPLICATION SIGN}"
 
@@ -33,7 +38,7 @@ MIN_WORKERS_RATIO = 1.6
 
 @dataclass
 class Results:
-    """Everything one run measured, by target (``direct``, ``nginx``, ``hangup``)."""
+    """Everything one run measured, by target (``direct``, ``nginx``, ``hangup``, ...)."""
 
     labels: dict[str, str]
     throughput: dict[tuple[str, str], list[WrkResult]] = field(default_factory=dict)
@@ -104,23 +109,23 @@ def render(results: Results, *, held_target: int) -> str:
     """The one markdown table: a row per metric, a column per target, then ratio and target."""
     header = [
         "metric",
-        *(results.labels[target] for target in TARGETS),
+        *(results.labels[target] for target in COLUMNS),
         "hangup ÷ nginx",
         "target",
         "met",
     ]
     rows: list[list[str]] = []
     for size, size_label in SIZES.items():
-        runs = {target: results.throughput.get((target, size), []) for target in TARGETS}
-        rps = {target: _median_of(runs[target], _rps) for target in TARGETS}
-        p50 = {target: _median_of(runs[target], _p50) for target in TARGETS}
-        p99 = {target: _median_of(runs[target], _p99) for target in TARGETS}
+        runs = {target: results.throughput.get((target, size), []) for target in COLUMNS}
+        rps = {target: _median_of(runs[target], _rps) for target in COLUMNS}
+        p50 = {target: _median_of(runs[target], _p50) for target in COLUMNS}
+        p99 = {target: _median_of(runs[target], _p99) for target in COLUMNS}
         rps_ratio = _ratio(rps[HANGUP], rps[NGINX])
         p99_ratio = _ratio(p99[HANGUP], p99[NGINX])
         rows.append(
             [
                 f"{size_label}: req/s (median, and range over rounds)",
-                *(_rps_cell(runs[target]) for target in TARGETS),
+                *(_rps_cell(runs[t], _to_nginx(t, rps)) for t in COLUMNS),
                 f"{_num(rps_ratio)}{TIMES}",
                 f"≥ {MIN_RPS_RATIO[size]}{TIMES} nginx",
                 _met(None if math.isnan(rps_ratio) else rps_ratio >= MIN_RPS_RATIO[size]),
@@ -129,7 +134,7 @@ def render(results: Results, *, held_target: int) -> str:
         rows.append(
             [
                 f"{size_label}: p50 latency (ms)",
-                *(_num(p50[target]) for target in TARGETS),
+                *(_num_cell(p50, t) for t in COLUMNS),
                 f"{_num(_ratio(p50[HANGUP], p50[NGINX]))}{TIMES}",
                 "",
                 "",
@@ -138,7 +143,7 @@ def render(results: Results, *, held_target: int) -> str:
         rows.append(
             [
                 f"{size_label}: p99 latency (ms)",
-                *(_num(p99[target]) for target in TARGETS),
+                *(_num_cell(p99, t) for t in COLUMNS),
                 f"{_num(p99_ratio)}{TIMES}",
                 f"≤ {MAX_P99_RATIO:g}{TIMES} nginx",
                 _met(None if math.isnan(p99_ratio) else p99_ratio <= MAX_P99_RATIO),
@@ -149,7 +154,7 @@ def render(results: Results, *, held_target: int) -> str:
     rows.append(
         [
             "hang-up → upstream EOF, idle: median / p99 / max (ms)",
-            *(_series(results.idle.get(target)) for target in TARGETS),
+            *(_series(results.idle.get(target)) for target in COLUMNS),
             "",
             f"p99 ≤ {MAX_IDLE_PROPAGATION_P99_MS:g} ms",
             _met(None if math.isnan(idle_p99) else idle_p99 <= MAX_IDLE_PROPAGATION_P99_MS),
@@ -158,7 +163,7 @@ def render(results: Results, *, held_target: int) -> str:
     rows.append(
         [
             "hang-up → upstream EOF, under wrk load: median / p99 / max (ms)",
-            *(_series(results.loaded.get(target)) for target in TARGETS),
+            *(_series(results.loaded.get(target)) for target in COLUMNS),
             "",
             f"p99 ≤ {MAX_LOADED_PROPAGATION_P99_MS:g} ms",
             _met(None if math.isnan(loaded_p99) else loaded_p99 <= MAX_LOADED_PROPAGATION_P99_MS),
@@ -166,12 +171,12 @@ def render(results: Results, *, held_target: int) -> str:
     )
     load_rps = {
         target: _median_of(results.load[target], _rps) if target in results.load else math.nan
-        for target in TARGETS
+        for target in COLUMNS
     }
     rows.append(
         [
             "… the load meanwhile (req/s, 1 KiB from the hold origin)",
-            *(_num(load_rps[target], 0) for target in TARGETS),
+            *(_num(load_rps[target], 0) for target in COLUMNS),
             f"{_num(_ratio(load_rps[HANGUP], load_rps[NGINX]))}{TIMES}",
             "",
             "",
@@ -180,7 +185,7 @@ def render(results: Results, *, held_target: int) -> str:
     rows.append(
         [
             "idle RSS (MiB)",
-            *(_idle_rss(results.memory.get(target)) for target in TARGETS),
+            *(_idle_rss(results.memory.get(target)) for target in COLUMNS),
             "",
             "",
             "",
@@ -192,7 +197,7 @@ def render(results: Results, *, held_target: int) -> str:
     rows.append(
         [
             f"RSS per idle keep-alive client connection, {held:,} held (KiB)",
-            *(_per_connection(results.memory.get(target)) for target in TARGETS),
+            *(_per_connection(results.memory.get(target)) for target in COLUMNS),
             "",
             f"≤ {MAX_KIB_PER_IDLE_CONNECTION:g} KiB",
             _met(
@@ -220,9 +225,7 @@ def _workers_rows(results: Results) -> list[list[str]]:
         rows.append(
             [
                 f"{size_label}: req/s, {label} (median, and range over rounds)",
-                "—",
-                "—",
-                _rps_cell(runs),
+                *_in_hangup_column(_rps_cell(runs)),
                 f"{_num(to_nginx)}{TIMES} nginx; {_num(to_one)}{TIMES} 1 process",
                 f"≥ {MIN_WORKERS_RATIO:g}{TIMES} 1 process (free cores)",
                 _met(None if math.isnan(to_one) else to_one >= MIN_WORKERS_RATIO),
@@ -233,9 +236,7 @@ def _workers_rows(results: Results) -> list[list[str]]:
         rows.append(
             [
                 f"{size_label}: p99 latency (ms), {label}",
-                "—",
-                "—",
-                _num(p99),
+                *_in_hangup_column(_num(p99)),
                 f"{_num(_ratio(p99, p99_nginx))}{TIMES} nginx",
                 "",
                 "",
@@ -244,12 +245,31 @@ def _workers_rows(results: Results) -> list[list[str]]:
     return rows
 
 
-def _rps_cell(runs: Sequence[WrkResult]) -> str:
+def _in_hangup_column(cell: str) -> list[str]:
+    return [cell if target == HANGUP else "—" for target in COLUMNS]
+
+
+def _to_nginx(target: str, values: dict[str, float]) -> str | None:
+    """The ceiling's ratio to nginx, shown in its own cells (the ratio column is hangup's)."""
+    if target != BARE or math.isnan(values[BARE]):
+        return None
+    return f"{_num(_ratio(values[BARE], values[NGINX]))}{TIMES} nginx"
+
+
+def _num_cell(values: dict[str, float], target: str) -> str:
+    ratio = _to_nginx(target, values)
+    text = _num(values[target])
+    return text if ratio is None else f"{text} ({ratio})"
+
+
+def _rps_cell(runs: Sequence[WrkResult], ratio: str | None = None) -> str:
     if not runs:
         return "—"
     values = [run.requests_per_second for run in runs]
+    notes = [] if len(values) == 1 else [f"{min(values):,.0f} to {max(values):,.0f}"]
+    notes += [] if ratio is None else [ratio]
     text = f"{statistics.median(values):,.0f}"
-    return text if len(values) == 1 else f"{text} ({min(values):,.0f} to {max(values):,.0f})"
+    return f"{text} ({'; '.join(notes)})" if notes else text
 
 
 def _idle_rss(reading: MemoryReading | None) -> str:

@@ -5,10 +5,12 @@ The plan (issue 6):
 1. Find wrk and nginx, installing Debian's packages when they are missing.
 2. Start, each pinned with taskset: the origin (nginx, one worker, static ``/1k`` and ``/100k``)
    on the load core, next to wrk and this driver; the reference proxy (nginx, one worker,
-   HTTP/1.1 upstream keep-alive) and hangup (one process, default configuration, its canonical
-   log line written to /dev/null) on the other core; and hangup ``--workers 2`` on both cores,
-   so one of its workers shares the load core (its throughput only). In this process: the hold
-   origin for hang-up timing, behind a second nginx ``server`` and a second hangup process.
+   HTTP/1.1 upstream keep-alive), hangup (one process, default configuration, its canonical
+   log line written to /dev/null) and the bare aiohttp proxy (``bare_aiohttp_proxy``: the
+   ceiling aiohttp's server puts on hangup; its throughput only) on the other core; and hangup
+   ``--workers 2`` on both cores, so one of its workers shares the load core (its throughput
+   only). In this process: the hold origin for hang-up timing, behind a second nginx
+   ``server`` and a second hangup process.
 3. Check that every target answers ``/1k`` and ``/100k`` whole.
 4. Memory: RSS of each proxy idle, then with N idle keep-alive client connections held.
 5. Warm-up, then interleaved rounds (the order of targets rotates each round): wrk -t1 -c64
@@ -36,7 +38,7 @@ import uvloop
 
 from benchmarks import client, interference, memory, nginx
 from benchmarks.hold_origin import HoldOrigin
-from benchmarks.plan import FULL, HANGUP_SCRIPT, QUICK, Plan
+from benchmarks.plan import BARE_PROXY_ARGV, FULL, HANGUP_SCRIPT, QUICK, ROOT, Plan
 from benchmarks.processes import (
     LOOPBACK,
     Fleet,
@@ -51,6 +53,7 @@ from benchmarks.processes import (
 from benchmarks.propagation import ProbeSeries, probe_series
 from benchmarks.provenance import preamble
 from benchmarks.report import (
+    BARE,
     DIRECT,
     HANGUP,
     HANGUP_WORKERS,
@@ -73,7 +76,7 @@ class Endpoint:
 
     port: int
     hold_port: int | None = None
-    """None for a target measured for throughput only (hangup ``--workers 2``)."""
+    """None for a target measured for throughput only (the bare proxy, hangup ``--workers 2``)."""
     pid: int | None = None
     """The process whose RSS counts (nginx's worker, hangup's only process)."""
     helper_pid: int | None = None
@@ -129,6 +132,7 @@ async def start_targets(run: Run) -> None:
     origin_port, proxy_port, proxy_hold_port = free_port(), free_port(), free_port()
     hangup_port, hangup_hold_port = free_port(), free_port()
     workers_port, workers_admin_port = free_port(), free_port()
+    bare_port = free_port()
     www = nginx.write_site(run.prefix)
 
     origin_config = nginx.origin_config(run.prefix, origin_port, www)
@@ -144,6 +148,7 @@ async def start_targets(run: Run) -> None:
     hangup = await _start_hangup(run, hangup_port, origin_port)
     await _start_hangup(run, hangup_hold_port, hold_port)
     await _start_hangup_workers(run, workers_port, workers_admin_port, origin_port)
+    await _start_bare_proxy(run, bare_port, origin_port)
     if len(workers) != 1:
         raise StartError(f"the nginx proxy should run one worker, found {len(workers)}")
     run.endpoints = {
@@ -151,6 +156,7 @@ async def start_targets(run: Run) -> None:
         NGINX: Endpoint(proxy_port, proxy_hold_port, pid=workers[0], helper_pid=proxy),
         HANGUP: Endpoint(hangup_port, hangup_hold_port, pid=hangup),
         HANGUP_WORKERS: Endpoint(workers_port),
+        BARE: Endpoint(bare_port),
     }
 
 
@@ -218,6 +224,33 @@ async def _start_hangup_workers(run: Run, port: int, admin_port: int, upstream_p
     await wait_until_ready(name, process, admin_port, log)
     for worker in children_of(process.pid):
         run.fleet.adopt("hangup worker", worker)
+
+
+BARE_PROXY_STDERR = "bare-aiohttp-proxy.stderr"
+
+
+async def _start_bare_proxy(run: Run, port: int, upstream_port: int) -> None:
+    """The aiohttp-server ceiling, on the proxy core like hangup's one process."""
+    argv = [
+        *BARE_PROXY_ARGV,
+        "--listen",
+        f"{LOOPBACK}:{port}",
+        "--upstream",
+        f"{LOOPBACK}:{upstream_port}",
+    ]
+    log = run.prefix / BARE_PROXY_STDERR
+    name = f"bare aiohttp proxy :{port}"
+    with log.open("wb") as stderr:
+        process = run.fleet.spawn(name, argv, core=run.pinning.proxy_core, stderr=stderr, cwd=ROOT)
+    await wait_until_listening(name, process, port, log)
+
+
+def bare_proxy_complaints(prefix: Path) -> list[str]:
+    """What the bare proxy wrote on stderr: nothing, unless something in it broke (a traceback),
+    which would make its number no ceiling of a working proxy."""
+    log = prefix / BARE_PROXY_STDERR
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return [f"{BARE_PROXY_STDERR}: {line}" for line in lines[:20]]
 
 
 async def check_answers(run: Run) -> None:
@@ -344,6 +377,7 @@ def _labels(tools: Tools) -> dict[str, str]:
         NGINX: f"nginx {nginx_version} (1 worker)",
         HANGUP: "hangup (1 process)",
         HANGUP_WORKERS: f"hangup `--workers {WORKERS}`",
+        BARE: "bare aiohttp proxy (a ceiling, not a product)",
     }
 
 
@@ -351,7 +385,13 @@ NOTES = """\
 "direct to origin" is wrk against the nginx origin itself, on the same core (not a strict
 ceiling: a proxy between them lets wrk and the origin batch more work per wake-up); its hang-up
 row is the hold origin reached without a proxy (the floor of the measurement). Ratios are
-hangup ÷ nginx in this run. Both proxies log one line per request to /dev/null. hangup
+hangup ÷ nginx in this run. nginx and hangup log one line per request to /dev/null. "bare aiohttp
+proxy" (benchmarks/bare_aiohttp_proxy.py) is a reference ceiling, not a product: aiohttp's
+low-level server as hangup runs it (handler_cancellation, no access log, uvloop, same core) with
+a pooled httptools upstream and none of hangup's features (no log line, metrics or header
+rewriting). Any proxy on aiohttp's server does at least its work per request, so a req/s target
+above its ratio to nginx (in its own cells) is out of reach on that server, on this machine. It
+is measured for throughput only. hangup
 `--workers 2` runs on both cores: on a 2-core machine one worker shares its core with wrk, the
 origin and this driver, so its ratio to one process understates what two free cores give."""
 
@@ -415,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             fleet.stop_all()
         run.warnings += nginx.complaints(prefix)
+        run.problems += bare_proxy_complaints(prefix)
     print(preamble(plan, tools, pinning, run.interference, command), end="\n\n")
     print(render(results, held_target=plan.held), end="\n\n")
     print(NOTES)
