@@ -2,9 +2,11 @@
 
 It runs inside the benchmark driver, so the probe client's close and this origin's end-of-
 connection are timed by one clock in one process. ``GET /hold?id=N`` is never answered: the
-origin marks probe N as arrived and waits; the moment that connection sees EOF (the proxy closed
-its upstream socket), it records ``time.perf_counter()`` for N. Every other request gets the same
-1 KiB answer at once, so wrk can load the proxy through this origin while probes run.
+origin marks probe N as arrived and waits; the moment that connection ends, by EOF (the proxy
+closed or shut down its upstream socket) or by a reset (the proxy aborted it, or, with no proxy,
+the probe client's own RST), it records ``time.perf_counter()`` for N, once: whichever end the
+connection reports first. Every other request gets the same 1 KiB answer at once, so wrk can
+load the proxy through this origin while probes run.
 """
 
 from __future__ import annotations
@@ -105,6 +107,9 @@ class _Connection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # A reset arrives only here (exc is a ConnectionResetError), and both asyncio and uvloop
+        # deliver it by a queued callback, a little after the read that saw it; an EOF was timed
+        # already in eof_received, and probe_ended keeps that first time.
         self._ended()
         if self._transport is not None:
             self._origin.connections.discard(self._transport)

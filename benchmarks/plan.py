@@ -15,7 +15,7 @@ class Plan:
     """Length of each measured wrk run."""
     warmup_seconds: int
     probes_per_round: int
-    """Hang-ups per target per round, idle and again under load."""
+    """Hang-ups of each kind (FIN, RST) per target per round, idle and again under load."""
     load_seconds: int
     """Length of the wrk run that loads a proxy while its loaded hang-ups run."""
     held: int

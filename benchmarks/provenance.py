@@ -89,8 +89,9 @@ def preamble(
         f"- software: {versions}; hangup at {source_revision()}",
         f"- load: wrk -t1 -c{CONNECTIONS} keep-alive, {plan.rounds} interleaved round(s) of "
         f"{plan.seconds} s per target and size, medians over rounds",
-        f"- hang-ups: {plan.probes_per_round * plan.rounds} per target idle and as many under "
-        f"load, one at a time, client FIN → the origin's EOF on the proxy's upstream connection",
+        f"- hang-ups: {plan.probes_per_round * plan.rounds} by FIN and as many by RST per target "
+        "idle, and as many again under load, one at a time, FIN and RST in turn, client's hang-up "
+        "→ the origin's first sign of an end (EOF or reset) on the proxy's upstream connection",
         f"- memory: {plan.held:,} idle keep-alive client connections held",
         f"- command: `{command}`",
         f"- other processes on this machine: {describe_interference(interference)}",

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from benchmarks.memory import MemoryReading
-from benchmarks.propagation import ProbeSeries
+from benchmarks.propagation import Hangup, ProbeSeries
 from benchmarks.wrk import WrkResult
 
 DIRECT, NGINX, HANGUP = "direct", "nginx", "hangup"
@@ -43,8 +43,10 @@ class Results:
     labels: dict[str, str]
     throughput: dict[tuple[str, str], list[WrkResult]] = field(default_factory=dict)
     """(target, size) → one wrk result per round."""
-    idle: dict[str, ProbeSeries] = field(default_factory=dict)
-    loaded: dict[str, ProbeSeries] = field(default_factory=dict)
+    idle: dict[tuple[str, Hangup], ProbeSeries] = field(default_factory=dict)
+    """(target, FIN or RST) → hang-ups while idle, pooled over rounds."""
+    loaded: dict[tuple[str, Hangup], ProbeSeries] = field(default_factory=dict)
+    """(target, FIN or RST) → hang-ups under load, pooled over rounds."""
     load: dict[str, list[WrkResult]] = field(default_factory=dict)
     """The wrk runs that loaded each proxy while its loaded probes ran."""
     memory: dict[str, MemoryReading] = field(default_factory=dict)
@@ -149,25 +151,13 @@ def render(results: Results, *, held_target: int) -> str:
                 _met(None if math.isnan(p99_ratio) else p99_ratio <= MAX_P99_RATIO),
             ]
         )
-    idle_p99 = _p99_of(results.idle.get(HANGUP))
-    loaded_p99 = _p99_of(results.loaded.get(HANGUP))
-    rows.append(
-        [
-            "hang-up → upstream EOF, idle: median / p99 / max (ms)",
-            *(_series(results.idle.get(target)) for target in COLUMNS),
-            "",
-            f"p99 ≤ {MAX_IDLE_PROPAGATION_P99_MS:g} ms",
-            _met(None if math.isnan(idle_p99) else idle_p99 <= MAX_IDLE_PROPAGATION_P99_MS),
-        ]
+    # Idle rows, then loaded rows, so that the load's own row follows the rows it loaded.
+    rows.extend(
+        _propagation_row(results.idle, kind, "idle", MAX_IDLE_PROPAGATION_P99_MS) for kind in Hangup
     )
-    rows.append(
-        [
-            "hang-up → upstream EOF, under wrk load: median / p99 / max (ms)",
-            *(_series(results.loaded.get(target)) for target in COLUMNS),
-            "",
-            f"p99 ≤ {MAX_LOADED_PROPAGATION_P99_MS:g} ms",
-            _met(None if math.isnan(loaded_p99) else loaded_p99 <= MAX_LOADED_PROPAGATION_P99_MS),
-        ]
+    rows.extend(
+        _propagation_row(results.loaded, kind, "under wrk load", MAX_LOADED_PROPAGATION_P99_MS)
+        for kind in Hangup
     )
     load_rps = {
         target: _median_of(results.load[target], _rps) if target in results.load else math.nan
@@ -211,6 +201,27 @@ def render(results: Results, *, held_target: int) -> str:
     lines = [_row(header), _row(["---", *["---:"] * (len(header) - 3), "---", "---"])]
     lines.extend(_row(row) for row in rows)
     return "\n".join(lines)
+
+
+_HANGUP_ENDS = {Hangup.FIN: "EOF", Hangup.RST: "end"}
+"""How each kind's rows name the origin's side. The FIN rows keep their earlier name (a proxy's
+close() reaches the origin as EOF); after a RST a proxy may as well abort its upstream socket, so
+"end". For both kinds the hold origin times whichever sign, EOF or reset, comes first."""
+
+
+def _propagation_row(
+    series: dict[tuple[str, Hangup], ProbeSeries], kind: Hangup, when: str, max_p99_ms: float
+) -> list[str]:
+    """Hang-ups of one kind in one phase: every target's samples, and whether hangup's p99 is
+    within the bound ("—" when any of hangup's probes never arrived: the run fails for that)."""
+    p99 = _p99_of(series.get((HANGUP, kind)))
+    return [
+        f"hang-up by {kind.value} → upstream {_HANGUP_ENDS[kind]}, {when}: median / p99 / max (ms)",
+        *(_series(series.get((target, kind))) for target in COLUMNS),
+        "",
+        f"p99 ≤ {max_p99_ms:g} ms",
+        _met(None if math.isnan(p99) else p99 <= max_p99_ms),
+    ]
 
 
 def _workers_rows(results: Results) -> list[list[str]]:

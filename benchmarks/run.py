@@ -14,8 +14,8 @@ The plan (issue 6):
 3. Check that every target answers ``/1k`` and ``/100k`` whole.
 4. Memory: RSS of each proxy idle, then with N idle keep-alive client connections held.
 5. Warm-up, then interleaved rounds (the order of targets rotates each round): wrk -t1 -c64
-   for every target and body size; then, per target, hang-ups one at a time while idle and
-   while wrk loads the same proxy.
+   for every target and body size; then, per target, hang-ups one at a time, FIN and RST in
+   turn, while idle and while wrk loads the same proxy.
 6. Print one markdown table (medians over rounds; hang-ups pooled over rounds), stop every
    process by PID, and exit 1 if anything did not work (an error answer, a hang-up that never
    reached the origin), whatever the speed.
@@ -50,7 +50,7 @@ from benchmarks.processes import (
     wait_until_listening,
     wait_until_ready,
 )
-from benchmarks.propagation import ProbeSeries, probe_series
+from benchmarks.propagation import Hangup, ProbeSeries, probe_series
 from benchmarks.provenance import preamble
 from benchmarks.report import (
     BARE,
@@ -318,22 +318,26 @@ async def hangup_round(run: Run, results: Results, number: int) -> None:
         assert port is not None  # noqa: S101 - every target in TARGETS has a hold origin
         run.say(f"round {number + 1}: {target} hang-ups, idle")
         idle = await probe_series(run.origin, port, run.plan.probes_per_round)
-        results.idle.setdefault(target, ProbeSeries()).extend(idle)
+        _pool(results.idle, target, idle)
         if target == DIRECT:
             # wrk straight at the hold origin would load this driver, not a proxy.
             continue
         run.say(f"round {number + 1}: {target} hang-ups, under load")
         loaded, load = await _probes_under_load(run, target, port)
-        results.loaded.setdefault(target, ProbeSeries()).extend(loaded)
+        _pool(results.loaded, target, loaded)
         results.load.setdefault(target, []).append(load)
-    for target in TARGETS:
-        for name, series in (("idle", results.idle), ("under load", results.loaded)):
-            missed = series[target].missed if target in series else 0
-            if missed:
-                run.problems.append(f"{target}: {missed} hang-ups {name} never reached the origin")
 
 
-async def _probes_under_load(run: Run, target: str, port: int) -> tuple[ProbeSeries, WrkResult]:
+def _pool(
+    pooled: dict[tuple[str, Hangup], ProbeSeries], target: str, series: dict[Hangup, ProbeSeries]
+) -> None:
+    for kind, one in series.items():
+        pooled.setdefault((target, kind), ProbeSeries()).extend(one)
+
+
+async def _probes_under_load(
+    run: Run, target: str, port: int
+) -> tuple[dict[Hangup, ProbeSeries], WrkResult]:
     seconds = run.plan.load_seconds
     started = time.monotonic()
     label = f"{target} hang-ups under load"
@@ -342,14 +346,30 @@ async def _probes_under_load(run: Run, target: str, port: int) -> tuple[ProbeSer
         # Let wrk open its connections and reach full rate first.
         await asyncio.sleep(min(1.0, seconds / 4))
         series = await probe_series(run.origin, port, run.plan.probes_per_round)
-        if time.monotonic() - started > seconds:
+        elapsed = time.monotonic() - started
+        if elapsed > seconds:
             run.warnings.append(f"{target}: hang-ups under load outlasted the {seconds} s load")
+        else:
+            # Said every time, so that the margin left is seen before it runs out.
+            run.say(f"{target}: hang-ups under load done {elapsed:.1f} s into the {seconds} s load")
         return series, await load
     finally:
         if not load.done():
             load.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await load
+
+
+def note_missed_hangups(run: Run, results: Results) -> None:
+    """Each target's hang-ups that never reached the origin, per kind and phase, over all rounds
+    (once, after the last: the counts are pooled)."""
+    for name, phase in (("idle", results.idle), ("under load", results.loaded)):
+        for (target, kind), pooled in phase.items():
+            if pooled.missed:
+                run.problems.append(
+                    f"{target}: {pooled.missed} hang-ups by {kind.value} {name} "
+                    "never reached the origin"
+                )
 
 
 async def measure(run: Run) -> Results:
@@ -362,6 +382,7 @@ async def measure(run: Run) -> Results:
         for number in range(run.plan.rounds):
             await throughput_round(run, results, number)
             await hangup_round(run, results, number)
+        note_missed_hangups(run, results)
         return results
     finally:
         await run.origin.close()
@@ -404,13 +425,24 @@ def to_json(results: Results, run: Run) -> dict[str, object]:
             f"{target}/{size}": [asdict(r) for r in runs]
             for (target, size), runs in results.throughput.items()
         },
-        "hangup_idle_ms": {target: asdict(series) for target, series in results.idle.items()},
-        "hangup_loaded_ms": {target: asdict(series) for target, series in results.loaded.items()},
+        # The FIN keys keep the names they had before RST probes, so older files still compare.
+        "hangup_idle_ms": _by_target(results.idle, Hangup.FIN),
+        "hangup_loaded_ms": _by_target(results.loaded, Hangup.FIN),
+        "hangup_rst_idle_ms": _by_target(results.idle, Hangup.RST),
+        "hangup_rst_loaded_ms": _by_target(results.loaded, Hangup.RST),
         "load_during_hangups": {t: [asdict(r) for r in runs] for t, runs in results.load.items()},
         "memory_kib": {target: asdict(reading) for target, reading in results.memory.items()},
         "problems": run.problems,
         "warnings": run.warnings,
         "others_cores": [{"run": label, "cores": cores} for label, cores in run.interference],
+    }
+
+
+def _by_target(
+    phase: dict[tuple[str, Hangup], ProbeSeries], kind: Hangup
+) -> dict[str, dict[str, object]]:
+    return {
+        target: asdict(series) for (target, of_kind), series in phase.items() if of_kind is kind
     }
 
 

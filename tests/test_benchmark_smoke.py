@@ -3,8 +3,8 @@
 It runs ``python -m benchmarks.run --quick`` (what ``benchmarks/run --quick`` runs), which
 installs wrk and nginx from Debian's packages when they are missing, and checks that it exits 0,
 prints the one table with a number in every measured cell (the bare aiohttp proxy's with its
-ratio to nginx), and leaves none of the processes it started running. How fast anything was is
-not checked: CI machines vary.
+ratio to nginx; hang-ups by FIN and by RST, idle and under load), and leaves none of the
+processes it started running. How fast anything was is not checked: CI machines vary.
 """
 
 from __future__ import annotations
@@ -78,6 +78,11 @@ def _is_number_to_nginx(cell: str) -> bool:
     return _TO_NGINX.fullmatch(cell) is not None
 
 
+def _is_probe_series(cell: str) -> bool:
+    """Median / p99 / max, "0.142 / 0.201 / 0.203", with every probe arrived (no "N missed")."""
+    return re.fullmatch(r"[\d.]+ / [\d.]+ / [\d.]+", cell) is not None
+
+
 def _is_alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -104,9 +109,21 @@ def test_quick_benchmark_prints_the_table_and_stops_every_process_it_started() -
         row = _table_row(result.stdout, metric)
         assert all(_is_number(row[i]) for i in (DIRECT, NGINX, HANGUP)), (metric, result.stdout)
         assert _is_number_to_nginx(row[BARE]), (metric, result.stdout)
-    idle = _table_row(result.stdout, "hang-up → upstream EOF, idle: median / p99 / max (ms)")
-    assert all(re.fullmatch(r"[\d.]+ / [\d.]+ / [\d.]+", idle[i]) for i in (DIRECT, NGINX, HANGUP))
-    assert idle[BARE] == "—", idle
+    for metric in (
+        "hang-up by FIN → upstream EOF, idle: median / p99 / max (ms)",
+        "hang-up by RST → upstream end, idle: median / p99 / max (ms)",
+    ):
+        row = _table_row(result.stdout, metric)
+        assert all(_is_probe_series(row[i]) for i in (DIRECT, NGINX, HANGUP)), row
+        assert row[BARE] == "—", row
+    for metric in (
+        "hang-up by FIN → upstream EOF, under wrk load: median / p99 / max (ms)",
+        "hang-up by RST → upstream end, under wrk load: median / p99 / max (ms)",
+    ):
+        # wrk straight at the hold origin would load the driver, so direct has no loaded probes.
+        row = _table_row(result.stdout, metric)
+        assert all(_is_probe_series(row[i]) for i in (NGINX, HANGUP)), row
+        assert (row[DIRECT], row[BARE]) == ("—", "—"), row
     memory = _table_row(result.stdout, "RSS per idle keep-alive client connection, 200 held (KiB)")
     assert _is_number(memory[HANGUP]), memory
 
