@@ -300,10 +300,17 @@ class Forwarder:
         has_body = request.body_exists
         chunked = has_body and "Content-Length" not in request.headers
         head = self._request_head(request, exchange, chunked=chunked)
+        body = _small_body_at_hand(request) if has_body and not chunked else None
         connection = leg.connection = await self._pool.acquire()
-        connection.send_request(head, head_only=request.method == "HEAD", body_follows=has_body)
-        if not has_body:
+        if body is not None or not has_body:
+            # The whole request is at hand: one write, at the end of the turn, as for a GET.
+            connection.send_request(
+                head if body is None else head + body,
+                head_only=request.method == "HEAD",
+                body_follows=False,
+            )
             return connection, await connection.response_head()
+        connection.send_request(head, head_only=request.method == "HEAD", body_follows=True)
         upload = leg.upload = asyncio.create_task(
             self._upload(
                 request,
@@ -436,6 +443,30 @@ class Forwarder:
             return _error_response(502, "the upstream could not be reached")
         exchange.finish(Outcome.UPSTREAM_ERROR, 502, f"upstream_failed: {exc.reason}")
         return _error_response(502, "the upstream connection failed")
+
+
+SMALL_BODY_SIZE = 65536
+"""A request body up to this size that arrived with its head is sent with it, in one write."""
+
+
+def _small_body_at_hand(request: web.BaseRequest) -> bytes | None:
+    """The whole body of a small request framed by Content-Length, if all of it is here already.
+
+    The usual API call (a JSON body of a few KiB) arrives in the same read as its head. Sent with
+    the head it needs no upload task, no body timeout and no turn of the loop per chunk
+    (``UpstreamConnection.send_body``); nothing is left to stream, so there is nothing for an
+    early answer to interrupt either. An ``Expect: 100-continue`` is then left unanswered, as
+    RFC 9110 §10.1.1 allows once the content has been received. Bigger bodies, and bodies still
+    on their way, are streamed by ``_upload``.
+    """
+    length = request.content_length
+    content = request.content
+    if length is None or length > SMALL_BODY_SIZE or not content.is_eof():
+        return None
+    try:
+        return content.read_nowait()
+    except Exception as exc:  # the stream failed (aiohttp set an exception on it)
+        raise ClientBodyError(BAD_BODY) from exc
 
 
 def _retrieve_failure(upload: asyncio.Task[None]) -> None:

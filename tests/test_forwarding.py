@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import ProxyFactory
 from tests.raw_upstream import RawUpstream, answer_with, response_bytes
-from tests.support import RawConnection, exchange, request_bytes
+from tests.support import WAIT, RawConnection, exchange, request_bytes
 
 PROXY_ADDED = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"}
 
@@ -246,6 +246,28 @@ async def test_expect_100_continue_is_answered_before_the_body_is_sent(
         response = await client.read_response()
         await client.close()
     assert response.status == 200
+    [request] = upstream.requests
+    assert request.body == b"hello"
+    assert request.header("Expect") is None
+
+
+async def test_a_body_sent_along_with_expect_100_continue_is_forwarded_with_no_interim_answer(
+    upstream: RawUpstream, start_proxy: ProxyFactory
+) -> None:
+    """A small body that arrived with its head goes upstream with it in one write
+    (``proxy.forward._small_body_at_hand``); a 100 Continue would then ask for what is already
+    here, and RFC 9110 §10.1.1 lets a server that has the content leave it out."""
+    async with start_proxy(upstream.url) as proxy:
+        client = await RawConnection.open(proxy.address.port)
+        await client.send(
+            request_bytes(
+                "PUT", "/up", [("Expect", "100-continue"), ("Content-Length", "5")], b"hello"
+            )
+        )
+        async with asyncio.timeout(WAIT):
+            first_head = await client.reader.readuntil(b"\r\n\r\n")
+        await client.close()
+    assert first_head.startswith(b"HTTP/1.1 200 ")
     [request] = upstream.requests
     assert request.body == b"hello"
     assert request.header("Expect") is None
