@@ -40,6 +40,8 @@ loop does. /readyz is 200 only while every worker is listening (and, with
 ``--ready-check-upstream``, the upstream accepts connections), 503 while a worker is being
 restarted and from the first moment of a drain. /metrics sums every worker's metrics with
 prometheus-client's multiprocess mode and adds the supervisor's own (``proxy.worker_metrics``).
+The workers' files live in a directory the supervisor locks for its life; at start-up it removes
+those of supervisors that were killed before they could (``proxy.metrics_dir``).
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ import structlog
 
 from proxy.admin import Readiness, start_admin
 from proxy.config import HostPort, ProxyConfig
+from proxy.metrics_dir import MetricsDir, remove_abandoned
 from proxy.reservation import reserve_address
 from proxy.restart_policy import restart_delay, should_give_up
 from proxy.server import ListenError
@@ -362,15 +364,16 @@ async def supervise(config: ProxyConfig, argv: Sequence[str]) -> int:
     """Run the supervisor to its end; the exit status (``WorkersError`` when it gave up)."""
     reservation, address = reserve_address(config.listen)
     with reservation:
+        remove_abandoned()  # left by supervisors that were SIGKILLed (proxy.metrics_dir)
         try:
-            metrics_dir = tempfile.TemporaryDirectory(prefix="hangup-metrics-")
+            metrics_dir = MetricsDir.create()
         except OSError as exc:  # e.g. a read-only root file system with no writable /tmp
             raise WorkersError(
                 f"cannot create the workers' metrics directory (set TMPDIR to a writable one): "
                 f"{exc}"
             ) from exc
         with metrics_dir:
-            return await Supervisor(config, argv, address, Path(metrics_dir.name)).run()
+            return await Supervisor(config, argv, address, metrics_dir.path).run()
 
 
 def run_supervisor(config: ProxyConfig, argv: Sequence[str]) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.processes import is_alive
+from proxy.metrics_dir import PREFIX as METRICS_DIR_PREFIX
 from proxy.restart_policy import MAX_FAILED_STARTS, restart_delay
 from tests.admin_support import Scrape, admin_get, scrape
 from tests.raw_upstream import RawUpstream, SlowPathHeld
@@ -258,7 +259,7 @@ async def test_a_second_signal_makes_every_worker_and_the_supervisor_exit_at_onc
 async def test_workers_drain_and_exit_by_themselves_when_their_supervisor_is_killed(
     upstream: RawUpstream, tmp_path: Path
 ) -> None:
-    # The metrics directory of a SIGKILLed supervisor stays behind: keep it in tmp_path.
+    # The metrics directory of a SIGKILLed supervisor stays until the next start: in tmp_path.
     async with supervisor(upstream.url, env={"TMPDIR": str(tmp_path)}) as running:
         os.kill(running.process.process.pid, signal.SIGKILL)
         code = await running.process.wait_exit()
@@ -269,6 +270,57 @@ async def test_workers_drain_and_exit_by_themselves_when_their_supervisor_is_kil
     assert sorted(line["pid"] for line in gone) == sorted(running.pids)
     stopped = [line["pid"] for line in running.process.events("proxy_stopped") if "pid" in line]
     assert sorted(stopped) == sorted(running.pids)
+
+
+# --- the metrics directory --------------------------------------------------------------------
+
+
+def metrics_dirs(tmpdir: Path) -> list[Path]:
+    return sorted(tmpdir.glob(f"{METRICS_DIR_PREFIX}*"))
+
+
+async def test_the_metrics_directory_a_sigkilled_supervisor_left_is_removed_at_the_next_start(
+    upstream: RawUpstream, tmp_path: Path
+) -> None:
+    env = {"TMPDIR": str(tmp_path)}
+    async with supervisor(upstream.url, env=env) as killed:
+        os.kill(killed.process.process.pid, signal.SIGKILL)
+        await killed.process.wait_exit()
+        await wait_gone(killed.pids)  # they drain by themselves: nobody removes the files now
+    [left] = metrics_dirs(tmp_path)
+    assert any(left.glob("*.db"))
+
+    async with supervisor(upstream.url, env=env) as running:
+        await running.until_served_by(set(running.pids))
+        await scrape_when(running.admin, "hangup_requests_total", 1, outcome="completed")
+        [current] = metrics_dirs(tmp_path)
+        in_use = any(current.glob("*.db"))
+
+    assert current != left
+    assert in_use
+    [removed] = running.process.events("metrics_dir_removed")
+    assert (removed["level"], removed["path"]) == ("info", str(left))
+    assert metrics_dirs(tmp_path) == []  # the second one exited cleanly and removed its own
+
+
+async def test_a_live_supervisors_metrics_directory_is_left_alone_by_one_starting_beside_it(
+    upstream: RawUpstream, tmp_path: Path
+) -> None:
+    env = {"TMPDIR": str(tmp_path)}
+    async with supervisor(upstream.url, env=env) as first:
+        [first_dir] = metrics_dirs(tmp_path)
+        async with supervisor(upstream.url, env=env) as second:
+            both = metrics_dirs(tmp_path)
+            # The first one's files are still there and still summed on its /metrics.
+            served = await first.until_served_by(set(first.pids))
+            metrics = await scrape_when(
+                first.admin, "hangup_requests_total", len(served), outcome="completed"
+            )
+
+    assert first_dir in both
+    assert len(both) == 2
+    assert second.process.events("metrics_dir_removed") == []
+    assert metrics.value("hangup_requests_total", outcome="completed") == len(served)
 
 
 # --- failing to start -------------------------------------------------------------------------
