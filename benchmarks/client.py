@@ -1,5 +1,5 @@
-"""A minimal HTTP/1.1 client on raw non-blocking sockets: one GET, its answer read whole, the
-connection left open (for the held connections of ``memory`` and the start-up check)."""
+"""A minimal HTTP/1.1 client on raw non-blocking sockets: a GET or a POST, its answer read whole,
+the connection left open (for the held connections of ``memory`` and the start-up check)."""
 
 from __future__ import annotations
 
@@ -21,17 +21,42 @@ async def get(port: int, path: str) -> tuple[socket.socket, Answer]:
 
     The caller owns the returned socket (still open) and closes it.
     """
+    sock = await connect(port)
+    try:
+        answer = await ask(sock, f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+    except BaseException:
+        sock.close()
+        raise
+    return sock, answer
+
+
+def post_request(path: str, body: bytes, content_type: str) -> bytes:
+    """``POST path`` with ``body``, head and body in one piece (as wrk sends it)."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def connect(port: int) -> socket.socket:
+    """A new non-blocking connection to ``port`` on the loopback, owned by the caller."""
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         await loop.sock_connect(sock, (LOOPBACK, port))
-        await loop.sock_sendall(sock, f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
-        answer = await _read_answer(loop, sock)
     except BaseException:
         sock.close()
         raise
-    return sock, answer
+    return sock
+
+
+async def ask(sock: socket.socket, request: bytes) -> Answer:
+    """Send one whole request on ``sock`` and read its answer to the end."""
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(sock, request)
+    return await _read_answer(loop, sock)
 
 
 async def _read_answer(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> Answer:

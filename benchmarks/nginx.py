@@ -1,4 +1,5 @@
-"""nginx twice: the fixed origin serving static files, and the reference reverse proxy.
+"""nginx twice: the fixed origin (static files, and a fixed answer to the POST case), and the
+reference reverse proxy.
 
 Both run as children with their own prefix and config in the benchmark's temp dir
 (``-p DIR -c FILE -e FILE -g 'daemon off;'``), so no global nginx config is read or changed.
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks import post
 from benchmarks.processes import LOOPBACK
 
 BODY_SIZES = {"1k": 1024, "100k": 100 * 1024}
@@ -52,6 +54,12 @@ def origin_config(prefix: Path, port: int, www: Path) -> str:
     server {{
         listen {LOOPBACK}:{port} backlog=4096;
         root {www};
+        # The API-call case: static files answer POST with 405. `return` reads and discards
+        # the request body first (ngx_http_send_response), so the connection stays open.
+        location = /{post.PATH} {{
+            default_type application/octet-stream;
+            return 200 "{"x" * post.ANSWER_SIZE}";
+        }}
     }}""",
     )
 

@@ -88,7 +88,8 @@ def preamble(
         f"- pinning: {pinning.describe()}",
         f"- software: {versions}; hangup at {source_revision()}",
         f"- load: wrk -t1 -c{CONNECTIONS} keep-alive, {plan.rounds} interleaved round(s) of "
-        f"{plan.seconds} s per target and size, medians over rounds",
+        f"{plan.seconds} s per target and case (GET /1k, GET /100k, POST /post1k), "
+        "medians over rounds",
         f"- hang-ups: {plan.probes_per_round * plan.rounds} by FIN and as many by RST per target "
         "idle, and as many again under load, one at a time, FIN and RST in turn, client's hang-up "
         "→ the origin's first sign of an end (EOF or reset) on the proxy's upstream connection",

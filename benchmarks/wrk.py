@@ -1,4 +1,5 @@
-"""One wrk run: keep-alive load on one URL, read back from ``report.lua``'s JSON line."""
+"""One wrk run: keep-alive load on one URL (GETs, or POSTs of one body), read back from
+``report.lua``'s JSON line."""
 
 from __future__ import annotations
 
@@ -17,6 +18,14 @@ _MARK = "WRK_JSON "
 
 class WrkError(Exception):
     """wrk failed, or printed no summary."""
+
+
+@dataclass(frozen=True)
+class Post:
+    """What each of wrk's requests sends instead of a GET: this body, with its Content-Type."""
+
+    body: bytes
+    content_type: str
 
 
 @dataclass(frozen=True)
@@ -61,22 +70,56 @@ def parse_report(output: str) -> WrkResult:
     raise WrkError(f"wrk printed no {_MARK.strip()} line:\n{output[-2000:]}")
 
 
+def script_for(post: Post | None) -> str:
+    """``report.lua``, after a POST's set-up if there is one: wrk takes a single ``-s`` script.
+
+    wrk builds its one request from these globals (``wrk.format`` adds Content-Length), so each
+    POST goes out head and body in one write, as a client's small API call does.
+    """
+    report = REPORT_SCRIPT.read_text()
+    if post is None:
+        return report
+    body = post.body.decode("ascii")
+    # A Lua long string keeps the body byte for byte, quotes included, unless it holds the
+    # closing bracket or starts with a newline (which Lua drops).
+    if "]==]" in body or body.startswith(("\n", "\r")):
+        raise ValueError("the body does not fit in a [==[ Lua long string ]==]")
+    setup = (
+        "-- Written by benchmarks/wrk.py for one run: a POST, then report.lua.\n"
+        'wrk.method = "POST"\n'
+        f"wrk.body = [==[{body}]==]\n"
+        f'wrk.headers["Content-Type"] = "{post.content_type}"\n'
+    )
+    return setup + report
+
+
 async def run_wrk(
-    fleet: Fleet, wrk: Path, url: str, *, seconds: float, core: int | None
+    fleet: Fleet,
+    wrk: Path,
+    url: str,
+    *,
+    seconds: float,
+    core: int | None,
+    post: Post | None = None,
 ) -> WrkResult:
-    """Run ``wrk -t1 -c64 --latency`` for ``seconds``, without blocking this event loop (the
-    hold origin in this process may be serving the load)."""
-    argv = [
-        str(wrk),
-        "-t1",
-        f"-c{CONNECTIONS}",
-        f"-d{max(1, round(seconds))}s",
-        "--latency",
-        "-s",
-        str(REPORT_SCRIPT),
-        url,
-    ]
-    with tempfile.TemporaryFile() as output:
+    """Run ``wrk -t1 -c64 --latency`` for ``seconds`` (GETs, or ``post``'s POSTs), without
+    blocking this event loop (the hold origin in this process may be serving the load)."""
+    with (
+        tempfile.NamedTemporaryFile("w", suffix=".lua") as script,
+        tempfile.TemporaryFile() as output,
+    ):
+        script.write(script_for(post))
+        script.flush()
+        argv = [
+            str(wrk),
+            "-t1",
+            f"-c{CONNECTIONS}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "-s",
+            script.name,
+            url,
+        ]
         process = fleet.spawn(f"wrk {url}", argv, core=core, stdout=output, stderr=output)
         await wait_exit(f"wrk on {url}", process, within=seconds + 30)
         fleet.forget(process)
