@@ -141,7 +141,7 @@ class Forwarder:
         # Exchanges carried to the end after their client left; kept so they are not
         # garbage-collected mid-flight (RUF006) and so shutdown can wait for them.
         self.detached: set[asyncio.Task[web.StreamResponse]] = set()
-        self.websockets = WebSocketTunnels(config, metrics)
+        self.websockets = WebSocketTunnels(pool, metrics)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.raw_path.partition("?")[0]

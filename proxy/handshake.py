@@ -1,20 +1,19 @@
 """The WebSocket opening handshake as the proxy relays it (RFC 6455 §4; no I/O; table-tested).
 
-The proxy writes the upstream request head and reads the upstream response head itself, because
-after a ``101 Switching Protocols`` the same socket carries frames, which an HTTP client library
-would not hand over. The rules are the proxy's usual ones (``proxy.headers``): the client's
-end-to-end fields in order, the forwarding fields, hop-by-hop fields stripped both ways. The
-exceptions are the two hop-by-hop fields the upgrade itself needs, ``Upgrade: websocket`` and
-``Connection: Upgrade`` (RFC 9110 §7.8), which each hop writes afresh. ``Sec-WebSocket-Key``,
-``-Version``, ``-Protocol`` and ``-Extensions`` are end-to-end and pass untouched, and so does the
-upstream's ``Sec-WebSocket-Accept``: the client checks it against its own key (§4.2.2).
+The proxy writes the upstream request head itself and reads the answer with its own upstream
+client (``proxy.upstream``, llhttp) in upgrade mode, because after a ``101 Switching Protocols``
+the same socket carries frames, which an HTTP client library would not hand over. The rules are
+the proxy's usual ones (``proxy.headers``): the client's end-to-end fields in order, the
+forwarding fields, hop-by-hop fields stripped both ways. The exceptions are the two hop-by-hop
+fields the upgrade itself needs, ``Upgrade: websocket`` and ``Connection: Upgrade`` (RFC 9110
+§7.8), which each hop writes afresh. ``Sec-WebSocket-Key``, ``-Version``, ``-Protocol`` and
+``-Extensions`` are end-to-end and pass untouched, and so does the upstream's
+``Sec-WebSocket-Accept``: the client checks it against its own key (§4.2.2).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from proxy.headers import (
     RawHeaders,
@@ -24,9 +23,6 @@ from proxy.headers import (
 )
 
 _UPGRADE_FIELDS = ("Upgrade: websocket", "Connection: Upgrade")
-
-_STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-5][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*))?")
-_FIELD_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*")
 
 
 def asks_for_websocket(
@@ -57,48 +53,20 @@ def upstream_handshake_head(
     return "\r\n".join([*lines, *_UPGRADE_FIELDS, "", ""]).encode("latin-1")
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseHead:
-    status: int
-    reason: str
-    headers: tuple[tuple[bytes, bytes], ...]
+def switches_to_websocket(raw: RawHeaders) -> bool:
+    """Whether a 101's ``Upgrade`` is websocket: anything else cannot be spliced to this client.
 
-    def values(self, name: bytes) -> list[str]:
-        lowered = name.lower()
-        return [value.decode("latin-1") for key, value in self.headers if key.lower() == lowered]
-
-    @property
-    def switches_to_websocket(self) -> bool:
-        """A 101 whose ``Upgrade`` is websocket: anything else cannot be spliced to this client."""
-        upgrade = self.values(b"upgrade")
-        return self.status == 101 and [value.strip().lower() for value in upgrade] == ["websocket"]
+    llhttp has checked that ``Upgrade`` and ``Connection: upgrade`` are there (RFC 9110 §7.8).
+    """
+    upgrade = [value.strip().lower() for name, value in raw if name.lower() == b"upgrade"]
+    return upgrade == [b"websocket"]
 
 
-class BadResponseHeadError(ValueError):
-    """The upstream's answer is not an HTTP/1.x response head we can relay."""
-
-
-def parse_response_head(head: bytes) -> ResponseHead:
-    """Parse a response head ending in an empty line (RFC 9112 §4, §5); strict, no obs-fold."""
-    lines = head.split(b"\r\n")
-    if lines[-2:] != [b"", b""]:
-        raise BadResponseHeadError("the response head does not end in an empty line")
-    status = _STATUS_LINE.fullmatch(lines[0])
-    if status is None:
-        raise BadResponseHeadError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
-    fields = []
-    for line in lines[1:-2]:
-        field = _FIELD_LINE.fullmatch(line)
-        if field is None:
-            raise BadResponseHeadError(f"malformed header field line: {line[:80]!r}")
-        fields.append((field[1], field[2]))
-    reason = (status[2] or b"").decode("latin-1")
-    return ResponseHead(int(status[1]), reason, tuple(fields))
-
-
-def switching_protocols_head(response: ResponseHead) -> bytes:
+def switching_protocols_head(reason: str, raw: RawHeaders) -> bytes:
     """The 101 head for the client: the upstream's end-to-end fields, then the upgrade fields."""
-    fields = downstream_response_headers(response.headers)
-    reason = response.reason or "Switching Protocols"
-    lines = [f"HTTP/1.1 101 {reason}", *(f"{name}: {value}" for name, value in fields.items())]
+    fields = downstream_response_headers(raw)
+    lines = [
+        f"HTTP/1.1 101 {reason or 'Switching Protocols'}",
+        *(f"{name}: {value}" for name, value in fields.items()),
+    ]
     return "\r\n".join([*lines, *_UPGRADE_FIELDS, "", ""]).encode("latin-1")

@@ -26,7 +26,8 @@ from aiohttp.web_protocol import RequestHandler
 
 from proxy.exchange import Exchange, Outcome, Phase
 from proxy.frames import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, FrameTracker, close_frame
-from proxy.handshake import ResponseHead, switching_protocols_head
+from proxy.handshake import switching_protocols_head
+from proxy.upstream import ResponseHead
 
 CHUNK_SIZE = 65536
 """Bytes read at once from the upstream; unsent bytes towards it past which the client pauses."""
@@ -46,7 +47,7 @@ async def splice(
     if client is None:
         raise asyncio.CancelledError  # the client left while the upstream was answering
     exchange.phase = Phase.STREAMING_RESPONSE
-    client.write(switching_protocols_head(head))
+    client.write(switching_protocols_head(head.reason, head.raw_headers))
     closes: list[str] = []  # who sent a Close frame, in the order they passed
     client_frames = FrameTracker()  # the upstream's frames, on their way to the client
     to_upstream = _ClientToUpstream(request.protocol, writer, closes)

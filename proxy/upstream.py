@@ -23,6 +23,13 @@ parsing:
   written, and both sides said keep-alive; anything else (a hang-up, a timeout, a parse error, an
   answer to a HEAD that carried body bytes, an unsolicited byte while idle) closes it. Nothing is
   ever retried: a request that may have reached the upstream is never sent twice.
+* A WebSocket handshake (``proxy.websocket``) uses a connection of its own, never pooled, in
+  upgrade mode (``send_request(..., upgrade=True)``), where a ``101`` is the answer it asked for
+  rather than an error. llhttp reports the switch by stopping at the end of the head
+  (``HttpParserUpgrade``, whose argument is the offset of the first byte it did not parse); from
+  there on the bytes are the new protocol's. Reading pauses in that very read, so the bytes after
+  the head in it are all there is until ``switch_protocol`` hands them, then the transport, to the
+  tunnel's protocol.
 * ``UpstreamConnection.close`` is synchronous, and the FIN leaves inside the call
   (``_send_fin_now``), so the client connection's own callbacks can end the exchange's upstream
   connection without waiting for the cancelled task, or the loop, to run (``proxy.forward``).
@@ -105,6 +112,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._in_exchange = False
         self._head_only = False
+        self._upgrade = False
+        # The bytes after a 101's head, once llhttp has stopped at it (upgrade mode only).
+        self._switched: bytes | None = None
         self._head: ResponseHead | None = None
         self._head_bytes = 0
         self._parsed_head = 0
@@ -128,15 +138,25 @@ class UpstreamConnection(asyncio.Protocol):
         self._transport = cast("asyncio.Transport", transport)  # a stream transport: TCP or Unix
 
     def data_received(self, data: bytes) -> None:
+        if self._switched is not None:
+            # Not HTTP any more, and not ours: kept, in order, for ``switch_protocol``. (Reading
+            # paused at the switch, so this is only a guard.)
+            self._switched += data
+            return
         if not self._in_exchange or self._complete:
             # Nobody asked: a stale or confused upstream. Its next answer could not be trusted.
             self._break(UpstreamBrokenError("unsolicited_bytes"))
             return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # A 101 to a request that asked for no upgrade (WebSockets go through proxy.websocket).
-            self._break(UpstreamBrokenError("unexpected_upgrade"))
+        except httptools.HttpParserUpgrade as upgrade:
+            # llhttp stops here after a 101 that carried ``Upgrade`` and ``Connection: upgrade``
+            # (RFC 9110 §7.8); any other 101 is a parse error. Outside upgrade mode a 101 already
+            # failed in on_headers_complete: this is a guard.
+            if not self._upgrade:
+                self._break(UpstreamBrokenError("unexpected_upgrade"))
+                return
+            self._switch(data[upgrade.args[0] :])
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _HeadTooLargeError):
                 self._break(UpstreamBrokenError("response_head_too_large"))
@@ -196,16 +216,20 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
+        if 100 <= status < 200 and status != 101 and not self._upgrade:
             # An interim answer (RFC 9110 §15.2: 100 Continue, 103 Early Hints): skipped; the final
             # answer follows on the same connection.
             self._reason = b""
             self._headers = []
             return
-        if status == 101:
+        if status == 101 and not self._upgrade:
             raise _UpgradeError
         if self._parsed_head > MAX_HEAD_SIZE:
             raise _HeadTooLargeError
+        if status == 101:
+            # Upgrade mode: the head is given out only once llhttp confirms the switch
+            # (``_switch``); a 101 without ``Connection: upgrade`` becomes a parse error instead.
+            return
         self._head = ResponseHead(status, self._reason.decode("latin-1"), self._headers)
         # Asked now: llhttp forgets the message's keep-alive state once it is complete.
         self._keep_alive = self._parser.should_keep_alive()
@@ -235,13 +259,22 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- the exchange's side ----------------------------------------------------------------
 
-    def send_request(self, head: bytes, *, head_only: bool, body_follows: bool) -> None:
+    def send_request(
+        self, head: bytes, *, head_only: bool, body_follows: bool, upgrade: bool = False
+    ) -> None:
         """Write the request head and get ready for the answer (``head_only``: a HEAD request).
 
-        With ``body_follows``, the request counts as sent once ``request_sent`` is called.
+        With ``body_follows``, the request counts as sent once ``request_sent`` is called. With
+        ``upgrade`` (a WebSocket handshake), a ``101`` ends the HTTP part of the connection
+        (``switch_protocol``), and the first head of any status is the answer: an interim one is
+        not skipped, since it is no answer to a handshake either. Such a connection is never
+        pooled.
         """
         self._in_exchange = True
         self._head_only = head_only
+        self._upgrade = upgrade
+        if upgrade:
+            self._reusable = False
         self._request_sent = not body_follows
         if body_follows:
             # The upload follows at once, and its timing against an early answer is delicate
@@ -341,6 +374,31 @@ class UpstreamConnection(asyncio.Protocol):
             self._transport.resume_reading()
         return data
 
+    def switch_protocol(self, protocol: asyncio.Protocol) -> asyncio.Transport:
+        """After a ``101`` in upgrade mode: the transport and all unparsed bytes go to ``protocol``.
+
+        ``protocol`` sees what it would have seen had it been the connection's protocol from the
+        switch on: ``connection_made``, the bytes that followed the head in its read, then, once
+        reading resumes, everything read later (or the end of the connection). The bytes are
+        handed over before reading resumes, so nothing can overtake them.
+        """
+        switched = self._switched
+        if switched is None or self._head is None or self._head.status != 101:
+            raise RuntimeError("switch_protocol without a 101 in upgrade mode")
+        self._switched = b""  # anything that still reached this protocol would be kept, not lost
+        transport = self._transport
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if self._write_paused:
+            protocol.pause_writing()  # its resume_writing will come to the new protocol
+        if switched:
+            protocol.data_received(switched)
+        if self.lost:
+            protocol.connection_lost(None)
+        else:
+            transport.resume_reading()
+        return transport
+
     @property
     def reusable(self) -> bool:
         """True when the last exchange ended cleanly and both sides will keep the connection."""
@@ -396,6 +454,15 @@ class UpstreamConnection(asyncio.Protocol):
                 if last_coding == b"chunked":
                     return False
         return True
+
+    def _switch(self, rest: bytes) -> None:
+        """llhttp stopped after a 101's head: the HTTP part is over (``switch_protocol``)."""
+        self._transport.pause_reading()
+        self._switched = rest
+        status = self._parser.get_status_code()
+        self._head = ResponseHead(status, self._reason.decode("latin-1"), self._headers)
+        self._complete = True
+        self._wake()
 
     def _break(self, failure: UpstreamError) -> None:
         if self._failure is None:
@@ -475,7 +542,7 @@ class UpstreamPool:
             # A connection just broken is closing before its connection_lost has run.
             if not connection.lost and not connection.closing:
                 return connection
-        return await self._connect()
+        return await self.connect()
 
     def release(self, connection: UpstreamConnection) -> None:
         """Pool a connection whose exchange ended cleanly; close any other."""
@@ -501,7 +568,11 @@ class UpstreamPool:
             self._idle.remove(connection)
         connection.close()
 
-    async def _connect(self) -> UpstreamConnection:
+    async def connect(self) -> UpstreamConnection:
+        """A new connection, never an idle one: for a WebSocket tunnel, which is never pooled.
+
+        ``UpstreamConnectError`` when none can be made within ``--connect-timeout``.
+        """
         loop = asyncio.get_running_loop()
         if self._heads is None:
             self._heads = EndOfTurn(loop)

@@ -3,17 +3,23 @@
 Theory of operation
 -------------------
 ``Forwarder.handle`` hands over every ``GET`` HTTP/1.1 request with ``Upgrade: websocket``
-(``is_websocket_handshake``). Such a session is not an HTTP exchange that aiohttp's client could
-carry, so the tunnel speaks to the upstream on a socket of its own:
+(``is_websocket_handshake``). Such a session is not an HTTP exchange, so it gets an upstream
+connection of its own from the upstream client (``proxy.upstream``), never a pooled one and never
+pooled afterwards, used in upgrade mode: a ``101`` is the expected answer there, not an error.
 
-1. Connect, over TCP or the unix socket (``--connect-timeout``; refused or late → 502), write
-   the handshake request head (``proxy.handshake``), read the upstream's response head
-   (``--upstream-timeout`` → 504; garbage → 502).
-2. Anything but a ``101`` with ``Upgrade: websocket`` is relayed as an ordinary response (its body
-   is read whole, up to ``MAX_REFUSAL_BODY``) and both connections are closed.
-3. On ``101`` (``proxy.splice`` from here on), the 101 head is written to the client's transport,
-   and from then on bytes are spliced both ways without being decoded: RFC 6455 frames, masks,
-   extensions (compression included) are the two endpoints' business. aiohttp has already
+1. Connect, over TCP or the unix socket (``UpstreamPool.connect``: ``--connect-timeout``; refused
+   or late → 502 ``upstream_connect_failed``), write the handshake request head
+   (``proxy.handshake``), read the upstream's response head with the upstream client's llhttp
+   parser and its limits (``--upstream-timeout`` → 504; garbage, a head over 64 KiB, a 101 to
+   another protocol or without ``Connection: upgrade``, any other 1xx → 502).
+2. A final answer (a refusal: 401, 403, 426, ...) is relayed as an ordinary response, its body
+   read whole through the upstream client (its framing, its read timeout; up to
+   ``MAX_REFUSAL_BODY``), and both connections are closed.
+3. On ``101`` with ``Upgrade: websocket`` (``proxy.splice`` from here on), the upstream
+   connection is handed to an asyncio stream pair (``_tunnel_streams``), the bytes that followed
+   the 101 in its read first; the 101 head is written to the client's transport, and from then
+   on bytes are spliced both ways without being decoded: RFC 6455 frames, masks, extensions
+   (compression included) are the two endpoints' business. aiohttp has already
    switched the client connection to raw bytes (its parser does so for ``Upgrade: websocket``);
    ``RequestHandler.set_parser`` hands them to us, the way aiohttp's own ``WebSocketResponse``
    receives them. Each direction has back-pressure: a reader that stops reading stalls its writer.
@@ -38,26 +44,27 @@ first Close frame and its code (``client_close_1000``). A WebSocket's ``policy_r
 from __future__ import annotations
 
 import asyncio
-import re
 
 import structlog
 from aiohttp import web
 
-from proxy.config import ProxyConfig
 from proxy.exchange import Exchange, Outcome
 from proxy.gate import Rejection
-from proxy.handshake import (
-    BadResponseHeadError,
-    ResponseHead,
-    asks_for_websocket,
-    parse_response_head,
-    upstream_handshake_head,
-)
+from proxy.handshake import asks_for_websocket, switches_to_websocket, upstream_handshake_head
 from proxy.headers import downstream_response_headers
-from proxy.metrics import UPSTREAM_CONNECT_FAILED, ProxyMetrics
-from proxy.response import ForwardedResponse, must_be_empty
+from proxy.metrics import ProxyMetrics
+from proxy.response import ForwardedResponse
 from proxy.routes import Action, Decision
-from proxy.splice import splice
+from proxy.splice import CHUNK_SIZE, splice
+from proxy.upstream import (
+    ResponseHead,
+    UpstreamBrokenError,
+    UpstreamConnectError,
+    UpstreamConnection,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamTimeoutError,
+)
 
 HANDSHAKE_WITH_BODY = Rejection(
     400, "websocket_handshake_with_body", "a WebSocket handshake carries no body"
@@ -65,12 +72,8 @@ HANDSHAKE_WITH_BODY = Rejection(
 TUNNEL_DECISION = Decision(Action.CANCEL, 0.0, "websocket")
 """What a hang-up does to a WebSocket session, whatever the route rules say: with nobody left to
 relay frames to, the tunnel always closes its upstream socket."""
-MAX_HEAD_SIZE = 65536
-"""Longest upstream response head; past it, 502."""
 MAX_REFUSAL_BODY = 1024 * 1024
 """Largest body of a non-101 answer to a handshake, which is relayed whole; past it, 502."""
-
-_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
 def is_websocket_handshake(request: web.BaseRequest) -> bool:
@@ -85,24 +88,11 @@ def is_websocket_handshake(request: web.BaseRequest) -> bool:
     )
 
 
-class TunnelFailedError(Exception):
-    """The handshake could not be relayed: the outcome, status and reason to record."""
-
-    def __init__(self, outcome: Outcome, status: int, reason: str, text: str) -> None:
-        super().__init__(text)
-        self.outcome = outcome
-        self.status = status
-        self.reason = reason
-        self.text = text
-
-
 class WebSocketTunnels:
     """Opens and runs the tunnel for each WebSocket handshake (module docstring)."""
 
-    def __init__(self, config: ProxyConfig, metrics: ProxyMetrics) -> None:
-        self._upstream = config.upstream
-        self._connect_timeout = config.connect_timeout
-        self._handshake_timeout = config.upstream_timeout
+    def __init__(self, pool: UpstreamPool, metrics: ProxyMetrics) -> None:
+        self._pool = pool
         self._metrics = metrics
         # Set once, when the proxy starts draining: every open session is closed with 1001.
         self._going_away = asyncio.Event()
@@ -131,9 +121,8 @@ class WebSocketTunnels:
                 exchange.finish(Outcome.CLIENT_ERROR, rejection.status, rejection.reason)
                 return _closing_response(rejection.status, rejection.body)
             return await self._session(request, exchange)
-        except TunnelFailedError as failure:
-            exchange.finish(failure.outcome, failure.status, failure.reason)
-            return _closing_response(failure.status, f"{failure.status} {failure.text}\n")
+        except UpstreamError as exc:
+            return _upstream_failed(exchange, exc)
         except ConnectionResetError:
             # Writing a refusal to a client that left (its loss may not have been noticed yet).
             exchange.hung_up()
@@ -150,20 +139,34 @@ class WebSocketTunnels:
             self._metrics.websocket_closed(exchange)
 
     async def _session(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
-        reader, writer = await self._connect()
+        # The pool's connect (--connect-timeout, TCP or unix socket), but never a pooled
+        # connection, nor pooled afterwards: after a 101 it carries frames, and after a refusal
+        # the client is sent away anyway.
+        connection = await self._pool.connect()
+        writer: asyncio.StreamWriter | None = None
         try:
-            writer.write(
+            connection.send_request(
                 upstream_handshake_head(
                     _origin_form(request),
                     request.raw_headers,
                     client_ip=request.remote,
                     request_id=exchange.request_id,
-                )
+                ),
+                head_only=False,
+                body_follows=False,
+                upgrade=True,
             )
-            head = await self._read_head(reader)
+            head = await connection.response_head()
             exchange.upstream_status = head.status
-            if not head.switches_to_websocket:
-                return await self._relay_refusal(request, exchange, reader, head)
+            if head.status >= 200:
+                return await _relay_refusal(request, exchange, connection, head)
+            if head.status != 101:
+                # RFC 9110 §15.2: 100 and 103 precede a final answer, but a handshake is answered
+                # by its 101 or a refusal; the client asked for neither of these.
+                raise UpstreamBrokenError("unexpected_interim_response")
+            if not switches_to_websocket(head.raw_headers):
+                raise UpstreamBrokenError("unexpected_upgrade")  # h2c or the like
+            reader, writer = _tunnel_streams(connection)
             return await splice(
                 request, exchange, reader, writer, head, going_away=self._going_away
             )
@@ -175,125 +178,71 @@ class WebSocketTunnels:
                 exchange.closed_upstream()
             raise
         finally:
-            # Never pooled: a tunnel's socket carried frames, a refusal's may hold a partial body.
-            writer.close()
-
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        try:
-            async with asyncio.timeout(self._connect_timeout):
-                if self._upstream.unix_path is not None:
-                    return await asyncio.open_unix_connection(
-                        self._upstream.unix_path, limit=MAX_HEAD_SIZE
-                    )
-                return await asyncio.open_connection(
-                    self._upstream.host, self._upstream.port, limit=MAX_HEAD_SIZE
-                )
-        except (OSError, TimeoutError) as exc:
-            raise TunnelFailedError(
-                Outcome.UPSTREAM_ERROR,
-                502,
-                UPSTREAM_CONNECT_FAILED,
-                "the upstream could not be reached",
-            ) from exc
-
-    async def _read_head(self, reader: asyncio.StreamReader) -> ResponseHead:
-        try:
-            async with asyncio.timeout(self._handshake_timeout):
-                return parse_response_head(await reader.readuntil(b"\r\n\r\n"))
-        except TimeoutError as exc:
-            raise _upstream_silent() from exc
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-            raise _upstream_failed(exc) from exc
-        except BadResponseHeadError as exc:
-            raise _upstream_failed(exc) from exc
-
-    async def _relay_refusal(
-        self,
-        request: web.BaseRequest,
-        exchange: Exchange,
-        reader: asyncio.StreamReader,
-        head: ResponseHead,
-    ) -> web.StreamResponse:
-        """An answer other than a WebSocket 101 reaches the client as an ordinary response."""
-        if head.status < 200:
-            # A 101 to another protocol, or a stray 1xx: nothing this client asked for.
-            raise _upstream_failed(BadResponseHeadError(f"unexpected {head.status} to a handshake"))
-        try:
-            async with asyncio.timeout(self._handshake_timeout):
-                body = await _read_body(reader, request.method, head)
-        except TimeoutError as exc:
-            raise _upstream_silent() from exc
-        except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
-            raise _upstream_failed(exc) from exc
-        response = ForwardedResponse(
-            status=head.status,
-            reason=head.reason,
-            headers=downstream_response_headers(head.headers),
-        )
-        # The client asked to leave HTTP; after a refusal it gets a clean end instead.
-        response.force_close()
-        await response.prepare(request)
-        await response.write_eof(body)
-        exchange.finish(Outcome.COMPLETED, head.status)
-        return response
+            if writer is None:
+                connection.close()  # the FIN leaves at once (``UpstreamConnection.close``)
+            else:
+                # The tunnel's: a graceful close, so that a Close frame written on the way out
+                # (the drain's 1001) is sent before the FIN.
+                writer.close()
 
 
-async def _read_body(reader: asyncio.StreamReader, method: str, head: ResponseHead) -> bytes:
-    """A refusal's body, framed as RFC 9112 §6.3 says; refuses more than ``MAX_REFUSAL_BODY``."""
-    if must_be_empty(method, head.status):
-        return b""
-    if any("chunked" in value.lower() for value in head.values(b"transfer-encoding")):
-        return await _read_chunked(reader)
-    lengths = {value.strip() for value in head.values(b"content-length")}
-    if lengths:
-        if len(lengths) != 1 or not next(iter(lengths)).isdigit():
-            raise ValueError("invalid Content-Length")
-        length = int(next(iter(lengths)))
-        if length > MAX_REFUSAL_BODY:
-            raise ValueError("body too large")
-        return await reader.readexactly(length)
-    body = await reader.read(MAX_REFUSAL_BODY + 1)
-    while chunk := await reader.read(MAX_REFUSAL_BODY + 1 - len(body)):
-        body += chunk
-    if len(body) > MAX_REFUSAL_BODY:
-        raise ValueError("body too large")
-    return body
+def _tunnel_streams(
+    connection: UpstreamConnection,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """The switched connection as the stream pair ``proxy.splice`` works on.
+
+    The transport is handed to an ``asyncio.StreamReaderProtocol``, the protocol that
+    ``asyncio.open_connection`` would have given it, rather than teaching the HTTP client to
+    relay frames: the splice keeps its reader and writer, their back-pressure (``drain``) and their
+    end-of-stream rules unchanged, and ``proxy.upstream`` stays an HTTP client. The bytes that
+    followed the 101 in its read reach the reader first (``switch_protocol``).
+    """
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=CHUNK_SIZE, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport = connection.switch_protocol(protocol)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+async def _relay_refusal(
+    request: web.BaseRequest,
+    exchange: Exchange,
+    connection: UpstreamConnection,
+    head: ResponseHead,
+) -> web.StreamResponse:
+    """A final answer other than a 101 reaches the client as an ordinary response.
+
+    Its body is read whole through the upstream client (its framing rules and read timeout), up to
+    ``MAX_REFUSAL_BODY``.
+    """
     body = bytearray()
-    while True:
-        size_text = (await reader.readuntil(b"\r\n"))[:-2].split(b";")[0].strip()
-        if _CHUNK_SIZE.fullmatch(size_text) is None:
-            raise ValueError("malformed chunk size")
-        size = int(size_text, 16)
-        if size == 0:
-            while await reader.readuntil(b"\r\n") != b"\r\n":
-                pass  # trailer fields are dropped, as forward.py's relay does
-            return bytes(body)
-        if len(body) + size > MAX_REFUSAL_BODY:
-            raise ValueError("body too large")
-        body += await reader.readexactly(size)
-        if await reader.readexactly(2) != b"\r\n":
-            raise ValueError("chunk not followed by CRLF")
-
-
-def _upstream_silent() -> TunnelFailedError:
-    return TunnelFailedError(
-        Outcome.UPSTREAM_TIMEOUT,
-        504,
-        "upstream_read_timeout",
-        "the upstream did not answer in time",
+    while chunk := await connection.read_body():
+        body += chunk
+        if len(body) > MAX_REFUSAL_BODY:
+            raise UpstreamBrokenError("refusal_too_large")
+    response = ForwardedResponse(
+        status=head.status,
+        reason=head.reason,
+        headers=downstream_response_headers(head.raw_headers),
     )
+    # The client asked to leave HTTP; after a refusal it gets a clean end instead.
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof(bytes(body))
+    exchange.finish(Outcome.COMPLETED, head.status)
+    return response
 
 
-def _upstream_failed(exc: BaseException) -> TunnelFailedError:
-    return TunnelFailedError(
-        Outcome.UPSTREAM_ERROR,
-        502,
-        f"upstream_failed: {type(exc).__name__}",
-        "the upstream connection failed",
-    )
+def _upstream_failed(exchange: Exchange, exc: UpstreamError) -> web.StreamResponse:
+    """Statuses and reasons as ``Forwarder._upstream_failed`` picks them for an exchange."""
+    if isinstance(exc, UpstreamTimeoutError):
+        exchange.finish(Outcome.UPSTREAM_TIMEOUT, 504, exc.reason)
+        return _closing_response(504, "504 the upstream did not answer in time\n")
+    if isinstance(exc, UpstreamConnectError):
+        exchange.finish(Outcome.UPSTREAM_ERROR, 502, exc.reason)
+        return _closing_response(502, "502 the upstream could not be reached\n")
+    exchange.finish(Outcome.UPSTREAM_ERROR, 502, f"upstream_failed: {exc.reason}")
+    return _closing_response(502, "502 the upstream connection failed\n")
 
 
 def _origin_form(request: web.BaseRequest) -> str:

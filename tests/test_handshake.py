@@ -1,13 +1,16 @@
-"""proxy.handshake: which requests are tunnelled, and the heads written and read."""
+"""proxy.handshake: which requests are tunnelled, which 101 is spliced, and the heads written.
+
+How the upstream's answer is parsed (llhttp, through ``proxy.upstream``) is tested end to end in
+``tests/test_websocket.py``.
+"""
 
 from __future__ import annotations
 
 import pytest
 
 from proxy.handshake import (
-    BadResponseHeadError,
     asks_for_websocket,
-    parse_response_head,
+    switches_to_websocket,
     switching_protocols_head,
     upstream_handshake_head,
 )
@@ -63,12 +66,13 @@ def test_upstream_head_keeps_the_target_and_end_to_end_fields_and_adds_the_upgra
 
 
 def test_101_head_for_the_client_keeps_the_upstreams_fields_and_drops_hop_by_hop() -> None:
-    response = parse_response_head(
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Hop\r\n"
-        b"X-Hop: 1\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
-    )
-    assert response.switches_to_websocket
-    assert switching_protocols_head(response).split(b"\r\n") == [
+    raw = [
+        (b"Upgrade", b"websocket"),
+        (b"Connection", b"Upgrade, X-Hop"),
+        (b"X-Hop", b"1"),
+        (b"Sec-WebSocket-Accept", b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+    ]
+    assert switching_protocols_head("Switching Protocols", raw).split(b"\r\n") == [
         b"HTTP/1.1 101 Switching Protocols",
         b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
         b"Upgrade: websocket",
@@ -78,30 +82,22 @@ def test_101_head_for_the_client_keeps_the_upstreams_fields_and_drops_hop_by_hop
     ]
 
 
-@pytest.mark.parametrize(
-    ("head", "status", "switches"),
-    [
-        pytest.param(b"HTTP/1.1 403 Forbidden\r\n\r\n", 403, False, id="refusal"),
-        pytest.param(b"HTTP/1.1 101 \r\nUpgrade: h2c\r\n\r\n", 101, False, id="101-to-h2c"),
-        pytest.param(b"HTTP/1.0 101\r\nUpgrade: websocket\r\n\r\n", 101, True, id="no-reason"),
-    ],
-)
-def test_response_heads_are_parsed(head: bytes, status: int, switches: bool) -> None:
-    response = parse_response_head(head)
-    assert (response.status, response.switches_to_websocket) == (status, switches)
+def test_a_101_without_a_reason_gets_the_standard_one() -> None:
+    head = switching_protocols_head("", [(b"Upgrade", b"websocket")])
+    assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
 
 
 @pytest.mark.parametrize(
-    "head",
+    ("upgrade", "switches"),
     [
-        pytest.param(b"SSH-2.0-OpenSSH\r\n\r\n", id="not-http"),
-        pytest.param(b"HTTP/2 101\r\n\r\n", id="http-2"),
-        pytest.param(b"HTTP/1.1 101 OK\r\nUpgrade : websocket\r\n\r\n", id="space-before-colon"),
-        pytest.param(b"HTTP/1.1 101 OK\r\nA: b\r\n folded\r\n\r\n", id="obs-fold"),
-        pytest.param(b"HTTP/1.1 101 OK\r\nA: b\rc\r\n\r\n", id="bare-cr"),
-        pytest.param(b"HTTP/1.1 101 OK\r\n", id="unterminated"),
+        pytest.param([b"websocket"], True, id="websocket"),
+        pytest.param([b" WebSocket "], True, id="any-case-and-spaces"),
+        pytest.param([b"h2c"], False, id="h2c"),
+        pytest.param([b"websocket", b"websocket"], False, id="repeated"),
+        pytest.param([b"websocket, h2c"], False, id="list"),
+        pytest.param([], False, id="none"),
     ],
 )
-def test_malformed_response_heads_are_refused(head: bytes) -> None:
-    with pytest.raises(BadResponseHeadError):
-        parse_response_head(head)
+def test_only_a_101_to_websocket_is_spliced(upgrade: list[bytes], switches: bool) -> None:
+    raw = [(b"Connection", b"Upgrade"), *((b"Upgrade", value) for value in upgrade)]
+    assert switches_to_websocket(raw) is switches

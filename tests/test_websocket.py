@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from multidict import CIMultiDictProxy
 
 from proxy.config import HostPort
 from proxy.server import start_proxy as start_running_proxy
+from proxy.websocket import MAX_REFUSAL_BODY
 from tests.admin_support import scrape
 from tests.conftest import ProxyFactory
 from tests.raw_upstream import RawUpstream, ReceivedRequest, UpstreamConnection, response_bytes
@@ -48,6 +51,55 @@ def client_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
     key = os.urandom(4)
     masked = bytes(byte ^ key[index % 4] for index, byte in enumerate(payload))
     return bytes([(0x80 if fin else 0) | opcode, 0x80 | len(payload)]) + key + masked
+
+
+SWITCH = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+
+
+def upstream_frame(opcode: int, payload: bytes) -> bytes:
+    """An unmasked server frame (RFC 6455 §5.2), any payload length."""
+    size = len(payload)
+    if size < 126:
+        return bytes([0x80 | opcode, size]) + payload
+    if size < 65536:
+        return bytes([0x80 | opcode, 126]) + size.to_bytes(2, "big") + payload
+    return bytes([0x80 | opcode, 127]) + size.to_bytes(8, "big") + payload
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    unix_path: Path | None = None,
+) -> AsyncIterator[str]:
+    """A raw upstream (TCP, or a unix socket at ``unix_path``) that runs ``handle`` for each
+    connection, then closes it; yields its URL. On the way out it waits (bounded) for every
+    ``handle`` to end.
+    """
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        try:
+            with contextlib.suppress(ConnectionError):
+                await handle(reader, writer)
+        finally:
+            writer.close()
+
+    if unix_path is not None:
+        server = await asyncio.start_unix_server(serve, path=str(unix_path))
+        url = f"unix:{unix_path}"
+    else:
+        server = await asyncio.start_server(serve, LOOPBACK, 0)
+        url = f"http://{LOOPBACK}:{server.sockets[0].getsockname()[1]}"
+    try:
+        yield url
+        async with asyncio.timeout(WAIT):
+            await asyncio.gather(*tasks)
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 def handshake(target: str = "/ws", extra: list[tuple[str, str]] | None = None) -> bytes:
@@ -378,6 +430,13 @@ async def test_a_vanished_upstream_closes_the_client_with_1011(
             b"nope",
             id="404-chunked",
         ),
+        pytest.param(
+            b"HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n3;ext=1\r\nv13\r\n0\r\nX-Trailer: t\r\n\r\n",
+            426,
+            b"v13",
+            id="426-chunked-with-extension-and-trailer",
+        ),
         pytest.param(b"SSH-2.0-OpenSSH\r\n\r\n", 502, None, id="garbage-is-502"),
     ],
 )
@@ -467,6 +526,197 @@ async def test_draining_closes_open_websockets_with_going_away_at_once(
     assert (closing.type, closing.data) == (WSMsgType.CLOSE, 1001)
     assert ws_upstream.close_codes == [1001]
     assert (line["outcome"], line["reason"]) == ("completed", "proxy_going_away")
+
+
+async def test_bytes_that_follow_the_101_in_the_same_read_reach_the_client_first_and_in_order(
+    start_proxy: ProxyFactory,
+) -> None:
+    """The upstream's first frames may share a segment with its 101: they are the tunnel's."""
+    big = upstream_frame(0x2, os.urandom(200 * 1024))
+    later = asyncio.Event()
+
+    async def switch_and_talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(SWITCH + upstream_frame(0x1, b"first") + big)
+        await writer.drain()
+        await later.wait()
+        writer.write(upstream_frame(0x1, b"later"))
+        await writer.drain()
+        await reader.read()  # until the proxy closes
+
+    async with serving(switch_and_talk) as url, start_proxy(url) as proxy:
+        client = await RawConnection.open(proxy.address.port)
+        await client.send(handshake())
+        answer = await client.read_response(head=True)
+        async with asyncio.timeout(WAIT):
+            first = await client.reader.readexactly(len(upstream_frame(0x1, b"first")))
+            received_big = await client.reader.readexactly(len(big))
+            later.set()
+            last = await client.reader.readexactly(len(upstream_frame(0x1, b"later")))
+        await client.close()
+
+    assert answer.status == 101
+    assert first == upstream_frame(0x1, b"first")
+    assert received_big == big
+    assert last == upstream_frame(0x1, b"later")
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        pytest.param(b"SSH-2.0-OpenSSH\r\n\r\n", "upstream_failed: bad_response", id="not-http"),
+        pytest.param(b"HTTP/2 101\r\n\r\n", "upstream_failed: bad_response", id="http-2"),
+        pytest.param(
+            b"HTTP/1.1 101 OK\r\nUpgrade : websocket\r\nConnection: Upgrade\r\n\r\n",
+            "upstream_failed: bad_response",
+            id="space-before-colon",
+        ),
+        pytest.param(
+            b"HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nA: b\r\n folded\r\n"
+            b"Connection: Upgrade\r\n\r\n",
+            "upstream_failed: bad_response",
+            id="obs-fold",
+        ),
+        pytest.param(
+            b"HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nA: b\rc\r\nConnection: Upgrade\r\n\r\n",
+            "upstream_failed: bad_response",
+            id="bare-cr",
+        ),
+        pytest.param(
+            # RFC 9110 §7.8 and RFC 6455 §4.1: a 101 names the upgrade in Connection too.
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            "upstream_failed: bad_response",
+            id="101-without-connection-upgrade",
+        ),
+        pytest.param(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+            "upstream_failed: unexpected_upgrade",
+            id="101-to-h2c",
+        ),
+        pytest.param(
+            b"HTTP/1.1 100 Continue\r\n\r\n" + SWITCH,
+            "upstream_failed: unexpected_interim_response",
+            id="interim-answer",
+        ),
+        pytest.param(
+            b"HTTP/1.1 101 Switching Protocols\r\n"
+            + b"X-Filler: "
+            + b"x" * (70 * 1024)
+            + b"\r\n\r\n",
+            "upstream_failed: response_head_too_large",
+            id="head-over-64-kib",
+        ),
+        pytest.param(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n",
+            "upstream_failed: closed_before_answer",
+            id="unterminated",
+        ),
+        pytest.param(
+            response_bytes(403, b"x" * (MAX_REFUSAL_BODY + 1)),
+            "upstream_failed: refusal_too_large",
+            id="refusal-over-1-mib",
+        ),
+    ],
+)
+async def test_an_answer_that_cannot_be_relayed_gives_502_and_closes_both_connections(
+    start_proxy: ProxyFactory, answer: bytes, reason: str
+) -> None:
+    upstream_closed = asyncio.Event()
+
+    async def answer_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        if not answer.endswith(b"\r\n\r\n"):
+            writer.close()  # an unterminated head, or a refusal: nothing more will come
+        await reader.read()
+        upstream_closed.set()
+
+    async with serving(answer_then_close) as url, start_proxy(url) as proxy:
+        client = await RawConnection.open(proxy.address.port)
+        with watch_logs() as logs:
+            await client.send(handshake())
+            response = await client.read_response()
+            line = await logs.wait_for("request")
+        async with asyncio.timeout(WAIT):
+            await upstream_closed.wait()
+            assert await client.reader.read() == b""
+        await client.close()
+
+    assert response.status == 502
+    assert response.header("Connection") == "close"
+    assert (line["outcome"], line["reason"]) == ("upstream_error", reason)
+
+
+async def test_an_upstream_that_does_not_answer_the_handshake_in_time_gives_504(
+    upstream: RawUpstream, start_proxy: ProxyFactory
+) -> None:
+    never = asyncio.Event()
+
+    async def hold(request: ReceivedRequest, connection: UpstreamConnection) -> bytes:
+        await never.wait()
+        return b""
+
+    upstream.answer = hold
+    async with start_proxy(upstream.url, upstream_timeout=0.2) as proxy:
+        client = await RawConnection.open(proxy.address.port)
+        with watch_logs() as logs:
+            await client.send(handshake())
+            response = await client.read_response()
+            line = await logs.wait_for("request")
+        async with asyncio.timeout(WAIT):
+            await upstream.connections[0].closed.wait()
+        await client.close()
+
+    assert response.status == 504
+    assert (line["outcome"], line["reason"]) == ("upstream_timeout", "upstream_read_timeout")
+
+
+async def test_a_refusal_whose_body_ends_with_the_connection_is_relayed_whole(
+    start_proxy: ProxyFactory,
+) -> None:
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        # RFC 9112 §6.3 rule 8: neither Content-Length nor chunked, so the close ends the body.
+        writer.write(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\n\r\nlog in")
+        await writer.drain()
+
+    async with serving(refuse) as url, start_proxy(url) as proxy:
+        client = await RawConnection.open(proxy.address.port)
+        with watch_logs() as logs:
+            await client.send(handshake())
+            response = await client.read_response()
+            line = await logs.wait_for("request")
+        await client.close()
+
+    assert (response.status, response.body) == (401, b"log in")
+    assert response.header("WWW-Authenticate") == "Bearer"
+    assert (line["status"], line["outcome"], line["upstream_status"]) == (401, "completed", 401)
+
+
+async def test_an_http10_101_without_a_reason_is_tunnelled_over_a_unix_socket(
+    tmp_path: Path, start_proxy: ProxyFactory
+) -> None:
+    async def switch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.0 101\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
+        writer.write(upstream_frame(0x1, await reader.readexactly(2 + 4 + 5)))
+        await writer.drain()
+        await reader.read()
+
+    async with serving(switch, tmp_path / "ws.sock") as url, start_proxy(url) as proxy:
+        client = await RawConnection.open(proxy.address.port)
+        await client.send(handshake())
+        answer = await client.read_response(head=True)
+        frame = client_frame(0x1, b"hello")
+        await client.send(frame)
+        async with asyncio.timeout(WAIT):
+            echoed = await client.reader.readexactly(2 + len(frame))
+        await client.close()
+
+    assert (answer.status, answer.reason) == (101, "Switching Protocols")
+    assert echoed == upstream_frame(0x1, frame)
 
 
 # --- end to end: the real console scripts --------------------------------------------------------
