@@ -59,9 +59,9 @@ from proxy.upstream import (
     UpstreamConnectError,
     UpstreamConnection,
     UpstreamError,
-    UpstreamPool,
     UpstreamTimeoutError,
 )
+from proxy.upstream_pool import UpstreamPool
 from proxy.websocket import WebSocketTunnels, is_websocket_handshake
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

@@ -28,7 +28,7 @@ from proxy.forward import Forwarder
 from proxy.frontend import GateServer, RejectionSink
 from proxy.gate import Rejection
 from proxy.metrics import ProxyMetrics
-from proxy.upstream import UpstreamPool
+from proxy.upstream_pool import UpstreamPool
 
 log = structlog.get_logger("hangup.proxy")
 

@@ -1,4 +1,6 @@
-"""The client side of the proxy: a pool of plain HTTP/1.1 connections to the one upstream.
+"""The client side of the proxy: plain HTTP/1.1 connections to the one upstream.
+
+They are pooled by ``proxy.upstream_pool``.
 
 Theory of operation
 -------------------
@@ -46,7 +48,6 @@ from typing import Final, cast
 import httptools
 
 from proxy.coalesce import EndOfTurn
-from proxy.config import ProxyConfig, Upstream
 
 _HIGH_WATER: Final = 256 * 1024
 """Unread body bytes past which reading from the upstream pauses (a slow client)."""
@@ -505,94 +506,6 @@ class _HeadTooLargeError(Exception):
 
 class _UnsolicitedError(Exception):
     """Raised inside a parser callback to stop parsing an answer nobody asked for."""
-
-
-class UpstreamPool:
-    """Idle keep-alive connections to the upstream, most recently used first.
-
-    The number of connections is bounded by the forwarder, which refuses a request past
-    ``--upstream-max-connections`` before asking for one; the pool never queues. An idle connection
-    is closed after ``--upstream-keepalive-timeout``, which should be below the backend's own idle
-    timeout, or a request races the backend closing the socket (and is answered 502: it is never
-    retried). The upstream's name is resolved on each new connection, so a backend that moves to a
-    new address (a restarted container) is found again.
-    """
-
-    def __init__(self, config: ProxyConfig) -> None:
-        self._upstream: Upstream = config.upstream
-        self._connect_timeout = config.connect_timeout
-        self._read_timeout = config.upstream_timeout
-        self._keepalive_timeout = config.upstream_keepalive_timeout
-        self._idle: list[UpstreamConnection] = []
-        self._closed = False
-        self._heads: EndOfTurn | None = None
-
-    @property
-    def idle_count(self) -> int:
-        return len(self._idle)
-
-    async def acquire(self) -> UpstreamConnection:
-        """An idle connection, or a new one (``UpstreamConnectError`` when none can be made)."""
-        idle = self._idle
-        while idle:
-            connection = idle.pop()
-            if connection.idle_timer is not None:
-                connection.idle_timer.cancel()
-                connection.idle_timer = None
-            # A connection just broken is closing before its connection_lost has run.
-            if not connection.lost and not connection.closing:
-                return connection
-        return await self.connect()
-
-    def release(self, connection: UpstreamConnection) -> None:
-        """Pool a connection whose exchange ended cleanly; close any other."""
-        if self._closed or not connection.reusable:
-            connection.close()
-            return
-        connection.reset()
-        if self._keepalive_timeout > 0:
-            connection.idle_timer = asyncio.get_running_loop().call_later(
-                self._keepalive_timeout, self._expire, connection
-            )
-        self._idle.append(connection)
-
-    async def close(self) -> None:
-        """Close every idle connection; connections in use are closed by their exchanges."""
-        self._closed = True
-        while self._idle:
-            self._idle.pop().close()
-
-    def _expire(self, connection: UpstreamConnection) -> None:
-        connection.idle_timer = None
-        with contextlib.suppress(ValueError):
-            self._idle.remove(connection)
-        connection.close()
-
-    async def connect(self) -> UpstreamConnection:
-        """A new connection, never an idle one: for a WebSocket tunnel, which is never pooled.
-
-        ``UpstreamConnectError`` when none can be made within ``--connect-timeout``.
-        """
-        loop = asyncio.get_running_loop()
-        if self._heads is None:
-            self._heads = EndOfTurn(loop)
-        heads = self._heads
-
-        def protocol() -> UpstreamConnection:
-            return UpstreamConnection(self._read_timeout, heads)
-
-        upstream = self._upstream
-        try:
-            async with asyncio.timeout(self._connect_timeout):
-                if upstream.unix_path is not None:
-                    _, connection = await loop.create_unix_connection(protocol, upstream.unix_path)
-                else:
-                    _, connection = await loop.create_connection(
-                        protocol, upstream.host, upstream.port
-                    )
-        except (OSError, TimeoutError) as exc:
-            raise UpstreamConnectError("upstream_connect_failed") from exc
-        return connection
 
 
 def _send_fin_now(transport: asyncio.Transport) -> None:

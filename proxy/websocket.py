@@ -62,9 +62,9 @@ from proxy.upstream import (
     UpstreamConnectError,
     UpstreamConnection,
     UpstreamError,
-    UpstreamPool,
     UpstreamTimeoutError,
 )
+from proxy.upstream_pool import UpstreamPool
 
 HANDSHAKE_WITH_BODY = Rejection(
     400, "websocket_handshake_with_body", "a WebSocket handshake carries no body"
