@@ -15,6 +15,7 @@ from typing import Any
 
 from proxy import logline
 from proxy.routes import DEFAULT_RULE, Action, Decision
+from proxy.upstream import UpstreamConnectError, UpstreamError, UpstreamTimeoutError
 
 _DEFAULT_DECISION = Decision(Action.CANCEL, 0.0, DEFAULT_RULE)
 
@@ -82,6 +83,21 @@ class Exchange:
             self.outcome = outcome
             self.status = status
             self.reason = reason
+
+    def upstream_failed(self, exc: UpstreamError) -> tuple[int, str]:
+        """Record an upstream failure as the outcome; the status and short text to answer with.
+
+        The one mapping for requests and WebSocket handshakes alike: silence past the read
+        timeout is a 504, anything else (refused, reset, unparsable) a 502.
+        """
+        if isinstance(exc, UpstreamTimeoutError):
+            self.finish(Outcome.UPSTREAM_TIMEOUT, 504, exc.reason)
+            return 504, "the upstream did not answer in time"
+        if isinstance(exc, UpstreamConnectError):
+            self.finish(Outcome.UPSTREAM_ERROR, 502, exc.reason)
+            return 502, "the upstream could not be reached"
+        self.finish(Outcome.UPSTREAM_ERROR, 502, f"upstream_failed: {exc.reason}")
+        return 502, "the upstream connection failed"
 
     def hung_up(self) -> None:
         self.client_gone = True

@@ -56,10 +56,8 @@ from proxy.response import ForwardedResponse, must_be_empty
 from proxy.routes import Action, RoutePolicy
 from proxy.upstream import (
     ResponseHead,
-    UpstreamConnectError,
     UpstreamConnection,
     UpstreamError,
-    UpstreamTimeoutError,
 )
 from proxy.upstream_pool import UpstreamPool
 from proxy.websocket import WebSocketTunnels, is_websocket_handshake
@@ -435,14 +433,8 @@ class Forwarder:
 
     def _upstream_failed(self, exchange: Exchange, exc: UpstreamError) -> web.StreamResponse:
         """The one funnel for upstream failures: pick the status, record the outcome."""
-        if isinstance(exc, UpstreamTimeoutError):
-            exchange.finish(Outcome.UPSTREAM_TIMEOUT, 504, exc.reason)
-            return _error_response(504, "the upstream did not answer in time")
-        if isinstance(exc, UpstreamConnectError):
-            exchange.finish(Outcome.UPSTREAM_ERROR, 502, exc.reason)
-            return _error_response(502, "the upstream could not be reached")
-        exchange.finish(Outcome.UPSTREAM_ERROR, 502, f"upstream_failed: {exc.reason}")
-        return _error_response(502, "the upstream connection failed")
+        status, text = exchange.upstream_failed(exc)
+        return _error_response(status, text)
 
 
 SMALL_BODY_SIZE = 65536

@@ -59,10 +59,8 @@ from proxy.splice import CHUNK_SIZE, splice
 from proxy.upstream import (
     ResponseHead,
     UpstreamBrokenError,
-    UpstreamConnectError,
     UpstreamConnection,
     UpstreamError,
-    UpstreamTimeoutError,
 )
 from proxy.upstream_pool import UpstreamPool
 
@@ -234,15 +232,8 @@ async def _relay_refusal(
 
 
 def _upstream_failed(exchange: Exchange, exc: UpstreamError) -> web.StreamResponse:
-    """Statuses and reasons as ``Forwarder._upstream_failed`` picks them for an exchange."""
-    if isinstance(exc, UpstreamTimeoutError):
-        exchange.finish(Outcome.UPSTREAM_TIMEOUT, 504, exc.reason)
-        return _closing_response(504, "504 the upstream did not answer in time\n")
-    if isinstance(exc, UpstreamConnectError):
-        exchange.finish(Outcome.UPSTREAM_ERROR, 502, exc.reason)
-        return _closing_response(502, "502 the upstream could not be reached\n")
-    exchange.finish(Outcome.UPSTREAM_ERROR, 502, f"upstream_failed: {exc.reason}")
-    return _closing_response(502, "502 the upstream connection failed\n")
+    status, text = exchange.upstream_failed(exc)
+    return _closing_response(status, f"{status} {text}\n")
 
 
 def _origin_form(request: web.BaseRequest) -> str:

@@ -81,6 +81,12 @@ async def ok_answer(request: ReceivedRequest, connection: UpstreamConnection) ->
     return response_bytes(200, b"ok")
 
 
+async def never_answer(request: ReceivedRequest, connection: UpstreamConnection) -> bytes:
+    """A silent upstream: the request is read, and no answer ever comes."""
+    await asyncio.Event().wait()
+    return b""
+
+
 def answer_with(data: bytes) -> Answer:
     """An answer that sends ``data`` as it is, whatever the request."""
 

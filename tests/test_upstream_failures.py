@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.conftest import ProxyFactory
-from tests.raw_upstream import RawUpstream, ReceivedRequest, UpstreamConnection
+from tests.raw_upstream import RawUpstream, ReceivedRequest, UpstreamConnection, never_answer
 from tests.support import LOOPBACK, RawConnection, request_bytes, watch_logs
 
 
@@ -46,13 +46,7 @@ async def test_refused_upstream_answers_502_within_a_second(start_proxy: ProxyFa
 async def test_silent_upstream_answers_504_after_the_upstream_timeout(
     upstream: RawUpstream, start_proxy: ProxyFactory
 ) -> None:
-    never = asyncio.Event()
-
-    async def silent(request: ReceivedRequest, connection: UpstreamConnection) -> bytes:
-        await never.wait()
-        return b""
-
-    upstream.answer = silent
+    upstream.answer = never_answer
     async with start_proxy(upstream.url, upstream_timeout=0.3) as proxy:
         client = await RawConnection.open(proxy.address.port)
         with watch_logs() as logs:

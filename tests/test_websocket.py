@@ -25,13 +25,20 @@ from proxy.server import start_proxy as start_running_proxy
 from proxy.websocket import MAX_REFUSAL_BODY
 from tests.admin_support import scrape
 from tests.conftest import ProxyFactory
-from tests.raw_upstream import RawUpstream, ReceivedRequest, UpstreamConnection, response_bytes
+from tests.raw_upstream import (
+    RawUpstream,
+    ReceivedRequest,
+    UpstreamConnection,
+    never_answer,
+    response_bytes,
+)
 from tests.support import (
     HANGUP_KINDS,
     LOOPBACK,
     WAIT,
     HangupKind,
     RawConnection,
+    RawResponse,
     Stack,
     request_bytes,
     running_stack,
@@ -114,6 +121,16 @@ def handshake(target: str = "/ws", extra: list[tuple[str, str]] | None = None) -
             *(extra or []),
         ],
     )
+
+
+async def handshake_answered(port: int) -> tuple[RawConnection, RawResponse, dict[str, Any]]:
+    """A client that sent a handshake and read the answer (not a 101), with its canonical line."""
+    client = await RawConnection.open(port)
+    with watch_logs() as logs:
+        await client.send(handshake())
+        response = await client.read_response()
+        line = await logs.wait_for("request")
+    return client, response, dict(line)
 
 
 class WebSocketUpstream:
@@ -634,11 +651,7 @@ async def test_an_answer_that_cannot_be_relayed_gives_502_and_closes_both_connec
         upstream_closed.set()
 
     async with serving(answer_then_close) as url, start_proxy(url) as proxy:
-        client = await RawConnection.open(proxy.address.port)
-        with watch_logs() as logs:
-            await client.send(handshake())
-            response = await client.read_response()
-            line = await logs.wait_for("request")
+        client, response, line = await handshake_answered(proxy.address.port)
         async with asyncio.timeout(WAIT):
             await upstream_closed.wait()
             assert await client.reader.read() == b""
@@ -652,19 +665,9 @@ async def test_an_answer_that_cannot_be_relayed_gives_502_and_closes_both_connec
 async def test_an_upstream_that_does_not_answer_the_handshake_in_time_gives_504(
     upstream: RawUpstream, start_proxy: ProxyFactory
 ) -> None:
-    never = asyncio.Event()
-
-    async def hold(request: ReceivedRequest, connection: UpstreamConnection) -> bytes:
-        await never.wait()
-        return b""
-
-    upstream.answer = hold
+    upstream.answer = never_answer
     async with start_proxy(upstream.url, upstream_timeout=0.2) as proxy:
-        client = await RawConnection.open(proxy.address.port)
-        with watch_logs() as logs:
-            await client.send(handshake())
-            response = await client.read_response()
-            line = await logs.wait_for("request")
+        client, response, line = await handshake_answered(proxy.address.port)
         async with asyncio.timeout(WAIT):
             await upstream.connections[0].closed.wait()
         await client.close()
@@ -683,11 +686,7 @@ async def test_a_refusal_whose_body_ends_with_the_connection_is_relayed_whole(
         await writer.drain()
 
     async with serving(refuse) as url, start_proxy(url) as proxy:
-        client = await RawConnection.open(proxy.address.port)
-        with watch_logs() as logs:
-            await client.send(handshake())
-            response = await client.read_response()
-            line = await logs.wait_for("request")
+        client, response, line = await handshake_answered(proxy.address.port)
         await client.close()
 
     assert (response.status, response.body) == (401, b"log in")
@@ -796,13 +795,7 @@ async def test_the_demo_backend_websocket_handler_ends_when_the_client_vanishes(
 async def test_a_client_that_vanishes_before_the_101_closes_the_upstream_connection(
     upstream: RawUpstream, start_proxy: ProxyFactory, kind: HangupKind
 ) -> None:
-    never = asyncio.Event()
-
-    async def hold(request: ReceivedRequest, connection: UpstreamConnection) -> bytes:
-        await never.wait()
-        return b""
-
-    upstream.answer = hold
+    upstream.answer = never_answer
     async with start_proxy(upstream.url) as proxy:
         client = await RawConnection.open(proxy.address.port)
         with watch_logs() as logs:
@@ -828,11 +821,7 @@ async def test_an_unreachable_upstream_answers_the_handshake_with_502(
     await refused.start()
     await refused.close()  # the port is now closed: connecting is refused
     async with start_proxy(refused.url) as proxy:
-        client = await RawConnection.open(proxy.address.port)
-        with watch_logs() as logs:
-            await client.send(handshake())
-            response = await client.read_response()
-            line = await logs.wait_for("request")
+        client, response, line = await handshake_answered(proxy.address.port)
         await client.close()
 
     assert response.status == 502
