@@ -217,7 +217,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
-        if 100 <= status < 200 and status != 101 and not self._upgrade:
+        if 100 <= status < 200 and status != 101:
             # An interim answer (RFC 9110 §15.2: 100 Continue, 103 Early Hints): skipped; the final
             # answer follows on the same connection.
             self._reason = b""
@@ -266,10 +266,9 @@ class UpstreamConnection(asyncio.Protocol):
         """Write the request head and get ready for the answer (``head_only``: a HEAD request).
 
         With ``body_follows``, the request counts as sent once ``request_sent`` is called. With
-        ``upgrade`` (a WebSocket handshake), a ``101`` ends the HTTP part of the connection
-        (``switch_protocol``), and the first head of any status is the answer: an interim one is
-        not skipped, since it is no answer to a handshake either. Such a connection is never
-        pooled.
+        ``upgrade`` (a WebSocket handshake), a ``101`` is the answer and ends the HTTP part of the
+        connection (``switch_protocol``); other interim answers (100, 103) are skipped before it
+        as before any answer (RFC 9110 §15.2). Such a connection is never pooled.
         """
         self._in_exchange = True
         self._head_only = head_only

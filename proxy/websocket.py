@@ -11,7 +11,8 @@ pooled afterwards, used in upgrade mode: a ``101`` is the expected answer there,
    or late → 502 ``upstream_connect_failed``), write the handshake request head
    (``proxy.handshake``), read the upstream's response head with the upstream client's llhttp
    parser and its limits (``--upstream-timeout`` → 504; garbage, a head over 64 KiB, a 101 to
-   another protocol or without ``Connection: upgrade``, any other 1xx → 502).
+   another protocol or without ``Connection: upgrade`` → 502). A 100 or 103 ahead of the answer
+   is skipped, as before any answer (RFC 9110 §15.2).
 2. A final answer (a refusal: 401, 403, 426, ...) is relayed as an ordinary response, its body
    read whole through the upstream client (its framing, its read timeout; up to
    ``MAX_REFUSAL_BODY``), and both connections are closed.
@@ -158,10 +159,6 @@ class WebSocketTunnels:
             exchange.upstream_status = head.status
             if head.status >= 200:
                 return await _relay_refusal(request, exchange, connection, head)
-            if head.status != 101:
-                # RFC 9110 §15.2: 100 and 103 precede a final answer, but a handshake is answered
-                # by its 101 or a refusal; the client asked for neither of these.
-                raise UpstreamBrokenError("unexpected_interim_response")
             if not switches_to_websocket(head.raw_headers):
                 raise UpstreamBrokenError("unexpected_upgrade")  # h2c or the like
             reader, writer = _tunnel_streams(connection)
