@@ -7,7 +7,7 @@ connection is lost (FIN or RST), ``RequestHandler.connection_lost`` cancels the 
 ``Forwarder.handle`` for it. What happens next depends on the method's policy:
 
 * **Cancellable** (GET, HEAD, OPTIONS, TRACE by default): before the task is even cancelled, a
-  hook closes the exchange's upstream connection (``_UpstreamLeg.cut``) from the callback that
+  hook closes the exchange's upstream connection (``proxy.upstream_leg``) from the callback that
   learned of the hang-up: ``eof_received`` for a FIN, within the read that saw it, or
   ``connection_lost`` for a RST (``GateRequestHandler.hangup_hooks``). The close shuts the socket
   down at once (``proxy.upstream``), so the backend learns of the hang-up in that same turn. The
@@ -35,8 +35,6 @@ the wait for the upstream's head once the request is written, then every gap bet
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable
 
 import structlog
 from aiohttp import web
@@ -59,6 +57,7 @@ from proxy.upstream import (
     UpstreamConnection,
     UpstreamError,
 )
+from proxy.upstream_leg import UpstreamLeg
 from proxy.upstream_pool import UpstreamPool
 from proxy.websocket import WebSocketTunnels, is_websocket_handshake
 
@@ -73,50 +72,6 @@ UPSTREAM_BUSY = Rejection(503, "upstream_connection_limit", "too many upstream r
 UNSUPPORTED_EXPECTATION = Rejection(
     417, "unsupported_expectation", "only the 100-continue expectation is supported"
 )
-
-
-class _UpstreamLeg:
-    """The upstream side of one exchange: its connection and, for a request body, the upload.
-
-    A cancellable exchange's leg is also its hang-up hook (``arm``): the client connection calls
-    it from its own callbacks (``eof_received`` or ``connection_lost``;
-    ``GateRequestHandler.hangup_hooks``), and it closes the upstream connection there and then.
-    Cancelling the exchange's task closes it too, but only when the task next runs: under load
-    that is one whole turn of the event loop later (benchmarks/). ``disarm`` (when the exchange
-    ends) takes the hook back, so a later hang-up on the same client connection never closes a
-    pooled connection that serves someone else by then.
-    """
-
-    __slots__ = ("armed", "connection", "exchange", "hooks", "upload")
-
-    def __init__(self, exchange: Exchange) -> None:
-        self.exchange = exchange
-        self.connection: UpstreamConnection | None = None
-        self.upload: asyncio.Task[None] | None = None
-        self.armed = False
-        self.hooks: list[Callable[[], object]] = []
-
-    def arm(self, hooks: list[Callable[[], object]]) -> None:
-        """Be called when the client leaves, until ``disarm``."""
-        self.armed = True
-        self.hooks = hooks
-        hooks.append(self)
-
-    def disarm(self) -> None:
-        if self.armed:
-            self.armed = False
-            with contextlib.suppress(ValueError):  # already run: the hooks are run once
-                self.hooks.remove(self)
-
-    def __call__(self) -> None:
-        """The client left: close the connection (never to be pooled), if one is open."""
-        connection = self.connection
-        if not self.armed or connection is None or connection.lost:
-            return
-        self.armed = False
-        connection.close()
-        self.exchange.hung_up()
-        self.exchange.closed_upstream()
 
 
 class Forwarder:
@@ -180,7 +135,7 @@ class Forwarder:
 
     async def _exchange(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
         structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
-        leg = _UpstreamLeg(exchange)
+        leg = UpstreamLeg(exchange)
         self._metrics.started()
         protocol = request.protocol
         if exchange.cancellable and isinstance(protocol, GateRequestHandler):
@@ -220,7 +175,7 @@ class Forwarder:
         finally:
             self._finished(exchange, leg)
 
-    def _finished(self, exchange: Exchange, leg: _UpstreamLeg) -> None:
+    def _finished(self, exchange: Exchange, leg: UpstreamLeg) -> None:
         """Every exchange ends here once: its upstream pooled or closed, then recorded."""
         leg.disarm()
         upload = leg.upload
@@ -280,7 +235,7 @@ class Forwarder:
             return UPSTREAM_BUSY
         return None
 
-    def _cancelled(self, request: web.BaseRequest, exchange: Exchange, leg: _UpstreamLeg) -> None:
+    def _cancelled(self, request: web.BaseRequest, exchange: Exchange, leg: UpstreamLeg) -> None:
         """Record why the exchange was cancelled and make sure its upstream socket is closed."""
         if self.cut_off:
             exchange.finish(Outcome.DRAIN_TIMEOUT, 503, "drain_timeout")
@@ -292,7 +247,7 @@ class Forwarder:
             exchange.closed_upstream()
 
     async def _send_upstream(
-        self, request: web.BaseRequest, exchange: Exchange, leg: _UpstreamLeg
+        self, request: web.BaseRequest, exchange: Exchange, leg: UpstreamLeg
     ) -> tuple[UpstreamConnection, ResponseHead]:
         """Send the request (its body from a task of its own) and wait for the answer's head."""
         has_body = request.body_exists

@@ -12,7 +12,9 @@ pooled afterwards, used in upgrade mode: a ``101`` is the expected answer there,
    (``proxy.handshake``), read the upstream's response head with the upstream client's llhttp
    parser and its limits (``--upstream-timeout`` → 504; garbage, a head over 64 KiB, a 101 to
    another protocol or without ``Connection: upgrade`` → 502). A 100 or 103 ahead of the answer
-   is skipped, as before any answer (RFC 9110 §15.2).
+   is skipped, as before any answer (RFC 9110 §15.2). A client that leaves before the answer's
+   head is here cuts the upstream connection from its own callbacks, as for any request
+   (``proxy.upstream_leg``).
 2. A final answer (a refusal: 401, 403, 426, ...) is relayed as an ordinary response, its body
    read whole through the upstream client (its framing, its read timeout; up to
    ``MAX_REFUSAL_BODY``), and both connections are closed.
@@ -50,6 +52,7 @@ import structlog
 from aiohttp import web
 
 from proxy.exchange import Exchange, Outcome
+from proxy.frontend import GateRequestHandler
 from proxy.gate import Rejection
 from proxy.handshake import asks_for_websocket, switches_to_websocket, upstream_handshake_head
 from proxy.headers import downstream_response_headers
@@ -63,6 +66,7 @@ from proxy.upstream import (
     UpstreamConnection,
     UpstreamError,
 )
+from proxy.upstream_leg import UpstreamLeg
 from proxy.upstream_pool import UpstreamPool
 
 HANDSHAKE_WITH_BODY = Rejection(
@@ -143,6 +147,14 @@ class WebSocketTunnels:
         # the client is sent away anyway.
         connection = await self._pool.connect()
         writer: asyncio.StreamWriter | None = None
+        # Until the answer's head is here, a client that leaves cuts the upstream connection from
+        # its own callbacks, as for any request (``proxy.upstream_leg``); after it, the relay or
+        # the splice decides how each side ends.
+        leg = UpstreamLeg(exchange)
+        leg.connection = connection
+        client = request.protocol
+        if isinstance(client, GateRequestHandler):
+            leg.arm(client.hangup_hooks)
         try:
             connection.send_request(
                 upstream_handshake_head(
@@ -156,6 +168,7 @@ class WebSocketTunnels:
                 upgrade=True,
             )
             head = await connection.response_head()
+            leg.disarm()
             exchange.upstream_status = head.status
             if head.status >= 200:
                 return await _relay_refusal(request, exchange, connection, head)
@@ -173,6 +186,7 @@ class WebSocketTunnels:
                 exchange.closed_upstream()
             raise
         finally:
+            leg.disarm()
             if writer is None:
                 connection.close()  # the FIN leaves at once (``UpstreamConnection.close``)
             else:

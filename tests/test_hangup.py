@@ -217,8 +217,25 @@ def _saw_end(peer: socket.socket) -> bool:
         return True
 
 
+_WEBSOCKET_HANDSHAKE_FIELDS = [
+    ("Upgrade", "websocket"),
+    ("Connection", "Upgrade"),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ("Sec-WebSocket-Version", "13"),
+]
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        pytest.param(request_bytes("GET", "/slow"), id="request"),
+        pytest.param(
+            request_bytes("GET", "/ws", _WEBSOCKET_HANDSHAKE_FIELDS), id="websocket-handshake"
+        ),
+    ],
+)
 async def test_a_client_fin_ends_the_upstream_connection_within_the_read_that_saw_it(
-    start_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+    start_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch, request_head: bytes
 ) -> None:
     """A FIN is acted on in ``eof_received``, inside the read that saw it, and the upstream
     socket is shut down there and then. Both loops otherwise wait for queued callbacks: the
@@ -230,7 +247,7 @@ async def test_a_client_fin_ends_the_upstream_connection_within_the_read_that_sa
         async with start_proxy(f"http://{LOOPBACK}:{listener.getsockname()[1]}") as proxy:
             assert proxy.runner.server is not None
             client = await RawConnection.open(proxy.address.port)
-            await client.send(request_bytes("GET", "/slow"))
+            await client.send(request_head)
             async with asyncio.timeout(WAIT):
                 peer, _ = await loop.sock_accept(listener)
             with peer:
