@@ -44,13 +44,15 @@ from proxy.exchange import Exchange, Outcome, Phase
 from proxy.frontend import GateRequestHandler
 from proxy.gate import Rejection, body_too_large, check_request
 from proxy.headers import (
-    downstream_response_headers,
+    downstream_response_fields,
     expects_continue,
+    origin_form,
+    request_head,
     request_id_from,
     upstream_request_fields,
 )
 from proxy.metrics import ProxyMetrics
-from proxy.response import ForwardedResponse, must_be_empty
+from proxy.response import ForwardedResponse, must_be_empty, proxy_answer
 from proxy.routes import Action, RoutePolicy
 from proxy.upstream import (
     ResponseHead,
@@ -62,7 +64,7 @@ from proxy.upstream_pool import UpstreamPool
 from proxy.websocket import WebSocketTunnels, is_websocket_handshake
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_CHUNKED = "Transfer-Encoding: chunked\r\n"
+_CHUNKED = "Transfer-Encoding: chunked"
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
@@ -107,6 +109,9 @@ class Forwarder:
             cancellable=decision.action is Action.CANCEL,
             decision=decision,
         )
+        # Every line logged for this request carries its id, a detached exchange's too (a task
+        # starts with a copy of the context it was created in).
+        structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
         if is_websocket_handshake(request):
             # A WebSocket session is a tunnel, not an exchange (proxy.websocket). It holds an
             # upstream connection for as long as it is open, so it counts towards
@@ -134,7 +139,6 @@ class Forwarder:
             raise
 
     async def _exchange(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
-        structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
         leg = UpstreamLeg(exchange)
         self._metrics.started()
         protocol = request.protocol
@@ -163,12 +167,12 @@ class Forwarder:
         except ConnectionResetError:
             # Writing to a client that left (its loss may not have been noticed yet).
             exchange.hung_up()
-            return _error_response(499, "client closed the connection")
+            return proxy_answer(499, "client closed the connection")
         except ClientBodyError as exc:
             # From the upload, which runs beside the wait for the answer.
             if exchange.client_gone:
                 exchange.hung_up()
-                return _error_response(499, "client closed the connection")
+                return proxy_answer(499, "client closed the connection")
             return _refuse(exchange, exc.rejection)
         except UpstreamError as exc:
             return self._upstream_failed(exchange, exc)
@@ -219,7 +223,7 @@ class Forwarder:
         exchange.finish(Outcome.UPSTREAM_TIMEOUT, 504, "client_deadline")
         if exchange.phase is Phase.STREAMING_RESPONSE and request.transport is not None:
             request.transport.close()
-        return _error_response(504, "the request's deadline passed before the upstream answered")
+        return proxy_answer(504, "the request's deadline passed before the upstream answered")
 
     def _admission(self, request: web.BaseRequest) -> Rejection | None:
         """Whether to refuse the request before any of it is forwarded (``proxy.gate``)."""
@@ -294,15 +298,10 @@ class Forwarder:
             request_id=exchange.request_id,
             default_host=self._default_host,
         )
-        # aiohttp decoded the target as UTF-8 with surrogateescape (aiohttp/_http_parser.pyx) and
-        # the fields are decoded as latin-1 (proxy.headers): both encodings give back the bytes.
-        request_line = f"{request.method} {_origin_form(request)} HTTP/1.1\r\n"
-        lines = [f"{name}: {value}\r\n" for name, value in fields]
-        if chunked:
-            # RFC 9112 §6.1: the client's chunked body is re-framed chunk by chunk, never buffered.
-            lines.append(_CHUNKED)
-        lines.append("\r\n")
-        return request_line.encode("utf-8", "surrogateescape") + "".join(lines).encode("latin-1")
+        target = origin_form(request.raw_path, request.rel_url)
+        # RFC 9112 §6.1: the client's chunked body is re-framed chunk by chunk, never buffered.
+        extra = (_CHUNKED,) if chunked else ()
+        return request_head(f"{request.method} {target} HTTP/1.1", fields, *extra)
 
     async def _upload(
         self,
@@ -358,12 +357,12 @@ class Forwarder:
             # it whole so the connection can serve the next request.
             exchange.hung_up()
             await _discard(connection)
-            return _error_response(499, "client closed the connection")
+            return proxy_answer(499, "client closed the connection")
         exchange.phase = Phase.STREAMING_RESPONSE
         response = ForwardedResponse(
             status=head.status,
             reason=head.reason,
-            headers=downstream_response_headers(head.raw_headers),
+            headers=downstream_response_fields(head.raw_headers),
         )
         try:
             await response.prepare(request)
@@ -389,7 +388,7 @@ class Forwarder:
     def _upstream_failed(self, exchange: Exchange, exc: UpstreamError) -> web.StreamResponse:
         """The one funnel for upstream failures: pick the status, record the outcome."""
         status, text = exchange.upstream_failed(exc)
-        return _error_response(status, text)
+        return proxy_answer(status, text)
 
 
 SMALL_BODY_SIZE = 65536
@@ -428,18 +427,6 @@ async def _discard(connection: UpstreamConnection) -> None:
         pass
 
 
-def _origin_form(request: web.BaseRequest) -> str:
-    """The request target to send upstream, byte for byte (RFC 9112 §3.2.1 origin-form).
-
-    A client may send absolute-form (RFC 9112 §3.2.2); it is reduced to origin-form so the
-    upstream sees what it would have seen directly.
-    """
-    target = request.raw_path
-    if target.startswith("/"):
-        return target
-    return request.rel_url.raw_path_qs if request.rel_url.raw_path else "/"
-
-
 class ClientBodyError(Exception):
     """The client's request body could not be forwarded; ``rejection`` says how to answer."""
 
@@ -451,11 +438,4 @@ class ClientBodyError(Exception):
 def _refuse(exchange: Exchange, rejection: Rejection) -> web.Response:
     """Answer a refusal and close: an unread body must never be parsed as a next request."""
     exchange.finish(Outcome.CLIENT_ERROR, rejection.status, rejection.reason)
-    response = web.Response(status=rejection.status, text=rejection.body)
-    response.force_close()
-    return response
-
-
-def _error_response(status: int, text: str) -> web.Response:
-    """An answer the proxy makes itself: short text naming what went wrong."""
-    return web.Response(status=status, text=f"{status} {text}\n")
+    return proxy_answer(rejection.status, rejection.text, close=True)

@@ -29,6 +29,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from proxy.coalesce import CoalescingTransport, EndOfTurn
 from proxy.gate import Limits, Rejection, rejection_for_parse_error
+from proxy.response import proxy_answer
 
 RejectionSink = Callable[[Rejection, str | None], None]
 """Told of every refusal (logging and metrics): the rejection and the client's address."""
@@ -170,6 +171,4 @@ class GateRequestHandler(RequestHandler):
             return super().handle_error(request, status, exc, message)
         rejection = rejection_for_parse_error(exc, self._gate.limits)
         self._gate.on_reject(rejection, request.remote)
-        response = web.Response(status=rejection.status, text=rejection.body)
-        response.force_close()
-        return response
+        return proxy_answer(rejection.status, rejection.text, close=True)

@@ -17,9 +17,10 @@ from collections.abc import Sequence
 
 from proxy.headers import (
     RawHeaders,
-    downstream_response_headers,
+    downstream_response_fields,
     nominated_by_connection,
-    upstream_request_headers,
+    request_head,
+    upstream_request_fields,
 )
 
 _UPGRADE_FIELDS = ("Upgrade: websocket", "Connection: Upgrade")
@@ -48,9 +49,8 @@ def upstream_handshake_head(
     target: str, raw: RawHeaders, *, client_ip: str | None, request_id: str
 ) -> bytes:
     """The request head to send upstream: request target byte for byte, then the fields."""
-    fields = upstream_request_headers(raw, client_ip=client_ip, request_id=request_id)
-    lines = [f"GET {target} HTTP/1.1", *(f"{name}: {value}" for name, value in fields.items())]
-    return "\r\n".join([*lines, *_UPGRADE_FIELDS, "", ""]).encode("latin-1")
+    fields = upstream_request_fields(raw, client_ip=client_ip, request_id=request_id)
+    return request_head(f"GET {target} HTTP/1.1", fields, *_UPGRADE_FIELDS)
 
 
 def switches_to_websocket(raw: RawHeaders) -> bool:
@@ -64,9 +64,9 @@ def switches_to_websocket(raw: RawHeaders) -> bool:
 
 def switching_protocols_head(reason: str, raw: RawHeaders) -> bytes:
     """The 101 head for the client: the upstream's end-to-end fields, then the upgrade fields."""
-    fields = downstream_response_headers(raw)
+    fields = downstream_response_fields(raw)
     lines = [
         f"HTTP/1.1 101 {reason or 'Switching Protocols'}",
-        *(f"{name}: {value}" for name, value in fields.items()),
+        *(f"{name}: {value}" for name, value in fields),
     ]
     return "\r\n".join([*lines, *_UPGRADE_FIELDS, "", ""]).encode("latin-1")

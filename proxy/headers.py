@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 
-from multidict import CIMultiDict
+from yarl import URL
 
 RawHeaders = Sequence[tuple[bytes, bytes]]
 
@@ -159,21 +159,38 @@ def upstream_request_fields(
     return fields
 
 
-def upstream_request_headers(
-    raw: RawHeaders, *, client_ip: str | None, request_id: str, scheme: str = "http"
-) -> CIMultiDict[str]:
-    """``upstream_request_fields`` as a multi-dict."""
-    return CIMultiDict(
-        upstream_request_fields(raw, client_ip=client_ip, request_id=request_id, scheme=scheme)
-    )
-
-
-def downstream_response_headers(raw: RawHeaders) -> CIMultiDict[str]:
-    """Headers to send the client: the upstream's end-to-end fields, in order, repeats kept.
+def downstream_response_fields(raw: RawHeaders) -> list[tuple[str, str]]:
+    """Fields to send the client: the upstream's end-to-end ones, in order, repeats kept.
 
     Several ``Set-Cookie`` fields stay separate (RFC 6265 §3: they cannot be joined).
     """
-    return CIMultiDict(_end_to_end(raw, _HOP_BY_HOP_BYTES))
+    return _end_to_end(raw, _HOP_BY_HOP_BYTES)
+
+
+def origin_form(raw_target: str, url: URL) -> str:
+    """The request target to send upstream, byte for byte (RFC 9112 §3.2.1 origin-form).
+
+    ``raw_target`` is the target as the client sent it and ``url`` aiohttp's parse of it. A client
+    may send absolute-form (RFC 9112 §3.2.2); it is reduced to origin-form so the upstream sees
+    what it would have seen directly.
+    """
+    if raw_target.startswith("/"):
+        return raw_target
+    return url.raw_path_qs if url.raw_path else "/"
+
+
+def request_head(request_line: str, fields: Iterable[tuple[str, str]], *extra: str) -> bytes:
+    """A request head: the request line, ``fields``, then ``extra`` lines (``"Name: value"``).
+
+    aiohttp decoded the target as UTF-8 with surrogateescape (aiohttp/_http_parser.pyx) and the
+    fields are decoded as latin-1 (``_end_to_end``): both encodings give back the bytes.
+    """
+    lines = [f"{name}: {value}\r\n" for name, value in fields]
+    lines += [f"{line}\r\n" for line in extra]
+    lines.append("\r\n")
+    return f"{request_line}\r\n".encode("utf-8", "surrogateescape") + "".join(lines).encode(
+        "latin-1"
+    )
 
 
 def expects_continue(values: Sequence[str]) -> bool | None:

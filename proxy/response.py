@@ -36,3 +36,16 @@ class ForwardedResponse(web.StreamResponse):
             self.headers.popall(hdrs.CONTENT_TYPE, None)
         if not had_server:
             self.headers.popall(hdrs.SERVER, None)
+
+
+def proxy_answer(status: int, text: str, *, close: bool = False) -> web.Response:
+    """An answer the proxy makes itself: ``"<status> <text>"`` as plain text.
+
+    ``close`` ends the client connection after it: after a refusal, an unread body must never be
+    parsed as a next request; after a failed WebSocket handshake, the client that asked to leave
+    HTTP gets a clean end.
+    """
+    response = web.Response(status=status, text=f"{status} {text}\n")
+    if close:
+        response.force_close()
+    return response

@@ -16,8 +16,9 @@ import contextlib
 import gc
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
@@ -31,6 +32,8 @@ from proxy.metrics import ProxyMetrics
 from proxy.upstream_pool import UpstreamPool
 
 log = structlog.get_logger("hangup.proxy")
+
+T = TypeVar("T")
 
 GC_FIRST_GENERATION_THRESHOLD = 10_000
 """Allocations between first-generation collections (CPython's default is 700)."""
@@ -252,10 +255,14 @@ def _on_signal(stop: asyncio.Event, signum: int) -> None:
 
 
 def run(config: ProxyConfig, on_listening: Callable[[RunningProxy], None] | None = None) -> None:
-    """Blocking entry point: uvloop when installed (it is a dependency on POSIX)."""
+    """Blocking entry point of one serving process."""
+    run_on_uvloop(serve(config, on_listening))
+
+
+def run_on_uvloop(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` to its end on uvloop when installed (it is a dependency on POSIX)."""
     try:
         import uvloop  # noqa: PLC0415 - optional at run time on platforms without it
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
-        asyncio.run(serve(config, on_listening))
-    else:
-        uvloop.run(serve(config, on_listening))
+        return asyncio.run(main)
+    return uvloop.run(main)

@@ -63,7 +63,7 @@ from proxy.config import HostPort, ProxyConfig
 from proxy.metrics_dir import MetricsDir, remove_abandoned
 from proxy.reservation import reserve_address
 from proxy.restart_policy import restart_delay, should_give_up
-from proxy.server import ListenError
+from proxy.server import ListenError, run_on_uvloop
 from proxy.worker import ASSIGNMENT_ENV, LISTENING, WorkerAssignment
 from proxy.worker_metrics import MULTIPROC_DIR_ENV, SupervisorMetrics
 
@@ -377,9 +377,5 @@ async def supervise(config: ProxyConfig, argv: Sequence[str]) -> int:
 
 
 def run_supervisor(config: ProxyConfig, argv: Sequence[str]) -> int:
-    """Blocking entry point, on uvloop like the proxy itself (``proxy.server.run``)."""
-    try:
-        import uvloop  # noqa: PLC0415 - optional at run time on platforms without it
-    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
-        return asyncio.run(supervise(config, argv))
-    return uvloop.run(supervise(config, argv))
+    """Blocking entry point, on uvloop like the proxy itself."""
+    return run_on_uvloop(supervise(config, argv))

@@ -117,6 +117,11 @@ class UpstreamConnection(asyncio.Protocol):
         # The bytes after a 101's head, once llhttp has stopped at it (upgrade mode only).
         self._switched: bytes | None = None
         self._head: ResponseHead | None = None
+        # The head's size is counted twice over, against MAX_HEAD_SIZE: ``_head_bytes`` (bytes
+        # read while the head is unfinished) catches a head that grows across reads, even inside
+        # one endless field that llhttp has not handed over yet; ``_parsed_head`` (the fields
+        # llhttp handed over) catches a whole oversized head read at once together with body
+        # bytes, which must not count, so it is checked inside the parse (on_headers_complete).
         self._head_bytes = 0
         self._parsed_head = 0
         self._reason = b""

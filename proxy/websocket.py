@@ -48,16 +48,15 @@ from __future__ import annotations
 
 import asyncio
 
-import structlog
 from aiohttp import web
 
 from proxy.exchange import Exchange, Outcome
 from proxy.frontend import GateRequestHandler
 from proxy.gate import Rejection
 from proxy.handshake import asks_for_websocket, switches_to_websocket, upstream_handshake_head
-from proxy.headers import downstream_response_headers
+from proxy.headers import downstream_response_fields, origin_form
 from proxy.metrics import ProxyMetrics
-from proxy.response import ForwardedResponse
+from proxy.response import ForwardedResponse, proxy_answer
 from proxy.routes import Action, Decision
 from proxy.splice import CHUNK_SIZE, splice
 from proxy.upstream import (
@@ -113,7 +112,6 @@ class WebSocketTunnels:
         self, request: web.BaseRequest, exchange: Exchange, rejection: Rejection | None
     ) -> web.StreamResponse:
         """Run one session from handshake to close; ``rejection`` is the gate's verdict."""
-        structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
         exchange.decision = TUNNEL_DECISION
         exchange.cancellable = True
         self._metrics.websocket_opened()
@@ -122,14 +120,14 @@ class WebSocketTunnels:
                 rejection = HANDSHAKE_WITH_BODY
             if rejection is not None:
                 exchange.finish(Outcome.CLIENT_ERROR, rejection.status, rejection.reason)
-                return _closing_response(rejection.status, rejection.body)
+                return proxy_answer(rejection.status, rejection.text, close=True)
             return await self._session(request, exchange)
         except UpstreamError as exc:
             return _upstream_failed(exchange, exc)
         except ConnectionResetError:
             # Writing a refusal to a client that left (its loss may not have been noticed yet).
             exchange.hung_up()
-            return _closing_response(499, "499 client closed the connection\n")
+            return proxy_answer(499, "client closed the connection", close=True)
         except asyncio.CancelledError:
             if exchange.outcome is None and request.transport is None:
                 exchange.hung_up()  # before the upstream connection was even open
@@ -158,7 +156,7 @@ class WebSocketTunnels:
         try:
             connection.send_request(
                 upstream_handshake_head(
-                    _origin_form(request),
+                    origin_form(request.raw_path, request.rel_url),
                     request.raw_headers,
                     client_ip=request.remote,
                     request_id=exchange.request_id,
@@ -232,7 +230,7 @@ async def _relay_refusal(
     response = ForwardedResponse(
         status=head.status,
         reason=head.reason,
-        headers=downstream_response_headers(head.raw_headers),
+        headers=downstream_response_fields(head.raw_headers),
     )
     # The client asked to leave HTTP; after a refusal it gets a clean end instead.
     response.force_close()
@@ -244,19 +242,4 @@ async def _relay_refusal(
 
 def _upstream_failed(exchange: Exchange, exc: UpstreamError) -> web.StreamResponse:
     status, text = exchange.upstream_failed(exc)
-    return _closing_response(status, f"{status} {text}\n")
-
-
-def _origin_form(request: web.BaseRequest) -> str:
-    """The target byte for byte; absolute-form is reduced to origin-form (RFC 9112 §3.2)."""
-    target = request.raw_path
-    if target.startswith("/"):
-        return target
-    return request.rel_url.raw_path_qs if request.rel_url.raw_path else "/"
-
-
-def _closing_response(status: int, text: str) -> web.Response:
-    """An answer the proxy makes itself; the connection is closed after it."""
-    response = web.Response(status=status, text=text)
-    response.force_close()
-    return response
+    return proxy_answer(status, text, close=True)

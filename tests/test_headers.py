@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from proxy.headers import (
-    downstream_response_headers,
+    RawHeaders,
+    downstream_response_fields,
     expects_continue,
     request_id_from,
     upstream_request_fields,
-    upstream_request_headers,
 )
 
 Fields = list[tuple[str, str]]
@@ -49,6 +49,20 @@ PROXY_OWNED = PROXY_ADDED | {"expect"}
 def raw(fields: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     """Fields as aiohttp hands them over: ``raw_headers``, bytes in wire order."""
     return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in fields]
+
+
+def upstream_request_headers(
+    raw: RawHeaders, *, client_ip: str | None, request_id: str, scheme: str = "http"
+) -> CIMultiDict[str]:
+    """``upstream_request_fields`` as a multi-dict, to look fields up by name."""
+    return CIMultiDict(
+        upstream_request_fields(raw, client_ip=client_ip, request_id=request_id, scheme=scheme)
+    )
+
+
+def downstream_response_headers(raw: RawHeaders) -> CIMultiDict[str]:
+    """``downstream_response_fields`` as a multi-dict, to look fields up by name."""
+    return CIMultiDict(downstream_response_fields(raw))
 
 
 def upstream(

@@ -525,25 +525,50 @@ async def test_interim_answers_are_skipped_and_the_connection_is_reused(
 
 
 @pytest.mark.parametrize(
-    "fields",
+    ("answer", "reason"),
     [
-        pytest.param(b"Upgrade: websocket\r\nConnection: Upgrade\r\n", id="with-upgrade-fields"),
-        pytest.param(b"", id="bare"),
+        pytest.param(
+            b"HTTP/1.1 101 Switching Protocols\r\n"
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            "upstream_failed: unexpected_upgrade",
+            id="101-with-upgrade-fields-to-a-plain-request",
+        ),
+        pytest.param(
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "upstream_failed: unexpected_upgrade",
+            id="bare-101-to-a-plain-request",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nnot-a-size\r\n",
+            "upstream_failed: bad_response",
+            id="head-with-a-broken-chunk-in-the-same-read",
+        ),
     ],
 )
-async def test_a_101_to_a_request_that_asked_for_no_upgrade_gives_502(
-    upstream: RawUpstream, start_proxy: ProxyFactory, fields: bytes
+async def test_an_answer_that_cannot_be_forwarded_gives_502_and_closes_its_connection(
+    upstream: RawUpstream, start_proxy: ProxyFactory, answer: bytes, reason: str
 ) -> None:
-    upstream.answer = answer_with(b"HTTP/1.1 101 Switching Protocols\r\n" + fields + b"\r\n")
+    upstream.answer = answer_with(answer)
     async with start_proxy(upstream.url) as proxy:
         response, line = await logged_exchange(proxy.address.port, request_bytes("GET", "/"))
         async with asyncio.timeout(WAIT):
             await upstream.connections[0].closed.wait()
     assert response.status == 502
-    assert line["reason"] == "upstream_failed: unexpected_upgrade"
+    assert line["reason"] == reason
 
 
 # --- HEAD ----------------------------------------------------------------------------------------
+
+
+async def head_then_get(port: int) -> tuple[RawResponse, RawResponse]:
+    """A HEAD and then a GET on one client connection: the answers to both."""
+    client = await RawConnection.open(port)
+    await client.send(request_bytes("HEAD", "/"))
+    head = await client.read_response(head=True)
+    await client.send(request_bytes("GET", "/next"))
+    after = await client.read_response()
+    await client.close()
+    return head, after
 
 
 async def test_body_bytes_after_an_answer_to_head_are_dropped_and_the_connection_closed(
@@ -557,12 +582,7 @@ async def test_body_bytes_after_an_answer_to_head_are_dropped_and_the_connection
 
     upstream.answer = answer
     async with start_proxy(upstream.url) as proxy:
-        client = await RawConnection.open(proxy.address.port)
-        await client.send(request_bytes("HEAD", "/"))
-        head = await client.read_response(head=True)
-        await client.send(request_bytes("GET", "/next"))
-        after = await client.read_response()
-        await client.close()
+        head, after = await head_then_get(proxy.address.port)
         async with asyncio.timeout(WAIT):
             await upstream.connections[0].closed.wait()
     assert (head.status, head.header("Content-Length")) == (200, "5")
@@ -591,12 +611,7 @@ async def test_a_correct_answer_to_head_leaves_the_connection_ready_for_the_next
 
     upstream.answer = answer
     async with start_proxy(upstream.url) as proxy:
-        client = await RawConnection.open(proxy.address.port)
-        await client.send(request_bytes("HEAD", "/"))
-        head = await client.read_response(head=True)
-        await client.send(request_bytes("GET", "/next"))
-        after = await client.read_response()
-        await client.close()
+        head, after = await head_then_get(proxy.address.port)
     assert head.status == 200
     # The parser expected a body for the HEAD answer; "HTTP/1.1 200..." must not become it.
     assert (after.status, after.body) == (200, b"after")
@@ -699,18 +714,6 @@ async def test_a_non_ascii_request_target_is_refused_before_it_reaches_the_upstr
 
 
 # --- broken bodies -------------------------------------------------------------------------------
-
-
-async def test_a_head_that_arrives_with_a_broken_chunk_gives_502(
-    upstream: RawUpstream, start_proxy: ProxyFactory
-) -> None:
-    upstream.answer = answer_with(
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nnot-a-size\r\n"
-    )
-    async with start_proxy(upstream.url) as proxy:
-        response, line = await logged_exchange(proxy.address.port, request_bytes("GET", "/"))
-    assert response.status == 502
-    assert line["reason"] == "upstream_failed: bad_response"
 
 
 async def test_a_head_that_arrives_with_a_good_chunk_then_a_broken_one_gives_502(
