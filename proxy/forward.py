@@ -46,9 +46,10 @@ from proxy.gate import Rejection, body_too_large, check_request
 from proxy.headers import (
     downstream_response_fields,
     expects_continue,
-    origin_form,
+    framing_field,
     request_head,
     request_id_from,
+    request_target,
     upstream_request_fields,
 )
 from proxy.metrics import ProxyMetrics
@@ -64,7 +65,6 @@ from proxy.upstream_pool import UpstreamPool
 from proxy.websocket import WebSocketTunnels, is_websocket_handshake
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_CHUNKED = "Transfer-Encoding: chunked"
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
@@ -255,8 +255,12 @@ class Forwarder:
     ) -> tuple[UpstreamConnection, ResponseHead]:
         """Send the request (its body from a task of its own) and wait for the answer's head."""
         has_body = request.body_exists
-        chunked = has_body and "Content-Length" not in request.headers
-        head = self._request_head(request, exchange, chunked=chunked)
+        # aiohttp's parse of the client's framing (it refused a Content-Length that is not plain
+        # digits, a repeated one, and one beside Transfer-Encoding): a body without a length
+        # arrived chunked, and is sent on chunked.
+        length = request.content_length
+        chunked = has_body and length is None
+        head = self._request_head(request, exchange, framing_field(length, has_body=has_body))
         body = _small_body_at_hand(request) if has_body and not chunked else None
         connection = leg.connection = await self._pool.acquire()
         if body is not None or not has_body:
@@ -289,19 +293,24 @@ class Forwarder:
         return connection, await connection.response_head()
 
     def _request_head(
-        self, request: web.BaseRequest, exchange: Exchange, *, chunked: bool
+        self, request: web.BaseRequest, exchange: Exchange, framing: str | None
     ) -> bytes:
-        """The request line and header block, as the upstream will see them."""
+        """The request line and header block, as the upstream will see them.
+
+        ``framing`` is the one framing line, from hangup's parse (RFC 9112 §6): the client's own
+        ``Content-Length`` and ``Transfer-Encoding`` never reach the upstream, so no header list,
+        and no ``Connection`` naming them (RFC 9110 §7.6.1), can change where the body ends.
+        """
+        target = request_target(request.raw_path)
         fields = upstream_request_fields(
             request.raw_headers,
             client_ip=request.remote,
             request_id=exchange.request_id,
             default_host=self._default_host,
+            authority=target.authority,
         )
-        target = origin_form(request.raw_path, request.rel_url)
-        # RFC 9112 §6.1: the client's chunked body is re-framed chunk by chunk, never buffered.
-        extra = (_CHUNKED,) if chunked else ()
-        return request_head(f"{request.method} {target} HTTP/1.1", fields, *extra)
+        extra = () if framing is None else (framing,)
+        return request_head(f"{request.method} {target.origin} HTTP/1.1", fields, *extra)
 
     async def _upload(
         self,
@@ -364,6 +373,9 @@ class Forwarder:
             reason=head.reason,
             headers=downstream_response_fields(head.raw_headers),
         )
+        # RFC 9112 §6.3: the length llhttp framed the answer by, never the field list's; with
+        # none, aiohttp frames it as chunked (or by closing, for an HTTP/1.0 client).
+        response.content_length = head.content_length
         try:
             await response.prepare(request)
             if not must_be_empty(request.method, head.status):

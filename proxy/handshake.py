@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from proxy.headers import (
     RawHeaders,
+    RequestTarget,
     downstream_response_fields,
     nominated_by_connection,
     request_head,
@@ -46,11 +47,13 @@ def asks_for_websocket(
 
 
 def upstream_handshake_head(
-    target: str, raw: RawHeaders, *, client_ip: str | None, request_id: str
+    target: RequestTarget, raw: RawHeaders, *, client_ip: str | None, request_id: str
 ) -> bytes:
     """The request head to send upstream: request target byte for byte, then the fields."""
-    fields = upstream_request_fields(raw, client_ip=client_ip, request_id=request_id)
-    return request_head(f"GET {target} HTTP/1.1", fields, *_UPGRADE_FIELDS)
+    fields = upstream_request_fields(
+        raw, client_ip=client_ip, request_id=request_id, authority=target.authority
+    )
+    return request_head(f"GET {target.origin} HTTP/1.1", fields, *_UPGRADE_FIELDS)
 
 
 def switches_to_websocket(raw: RawHeaders) -> bool:

@@ -3,6 +3,11 @@
 The order of operations follows Go's ``httputil.ReverseProxy``: strip hop-by-hop fields (and every
 field the ``Connection`` header nominates) *before* adding the proxy's own, so a client's
 ``Connection: X-Forwarded-For`` cannot delete what we add (golang/go#50580).
+
+Framing is never taken from, or removed by, the header list: ``Content-Length`` and
+``Transfer-Encoding`` are dropped in both directions, and the caller writes the framing of the
+message hangup itself parsed (``framing_field``). A ``Connection: Content-Length`` once removed the
+client's length and sent its body upstream raw, where it was read as a second request.
 """
 
 from __future__ import annotations
@@ -11,8 +16,7 @@ import functools
 import os
 import re
 from collections.abc import Iterable, Sequence
-
-from yarl import URL
+from typing import NamedTuple
 
 RawHeaders = Sequence[tuple[bytes, bytes]]
 
@@ -33,10 +37,15 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+# RFC 9112 §6: a message's framing is the sender's own, computed from the message it sends; a
+# proxy that forwards a received Content-Length lets the field list (and the Connection header,
+# RFC 9110 §7.6.1, which may nominate it) decide where its body ends.
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
+
 # Fields the proxy owns on the way to the upstream: Expect is answered here (we send
 # `100 Continue` when we start reading the body, as nginx does), and the forwarding fields are
 # rewritten below.
-_REQUEST_OWNED = frozenset({"expect", "x-forwarded-proto", "x-forwarded-host", "x-request-id"})
+_REQUEST_OWNED = _FRAMING | {"expect", "x-forwarded-proto", "x-forwarded-host", "x-request-id"}
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # A client-supplied id is kept only when it is short and plain, so it can be trusted in logs
@@ -63,6 +72,7 @@ def _as_bytes(names: frozenset[str]) -> frozenset[bytes]:
 _HOP_BY_HOP_BYTES = _as_bytes(HOP_BY_HOP)
 _NEVER_NOMINATED_BYTES = _as_bytes(_NEVER_NOMINATED)
 _REQUEST_DROPPED = _HOP_BY_HOP_BYTES | _as_bytes(_REQUEST_OWNED)
+_RESPONSE_DROPPED = _HOP_BY_HOP_BYTES | _as_bytes(_FRAMING)
 
 
 @functools.lru_cache(maxsize=256)
@@ -126,6 +136,7 @@ def upstream_request_fields(
     request_id: str,
     scheme: str = "http",
     default_host: str | None = None,
+    authority: str | None = None,
 ) -> list[tuple[str, str]]:
     """Fields to send upstream, in order: the client's end-to-end ones plus the forwarding ones.
 
@@ -134,11 +145,18 @@ def upstream_request_fields(
     added by its own proxies). ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` describe this hop and
     are replaced. ``Host`` is kept as the client sent it; ``default_host``, when given, is sent
     first as ``Host`` for a client (HTTP/1.0) that sent none (RFC 9112 §3.2 requires it in
-    HTTP/1.1). The forwarding fields come last.
+    HTTP/1.1). ``authority``, the authority of an absolute-form target, replaces the client's
+    ``Host`` (RFC 9112 §3.2.2). The forwarding fields come last. ``Content-Length`` and
+    ``Transfer-Encoding`` are never among the fields: the caller adds the framing.
     """
     fields = _end_to_end(raw, _REQUEST_DROPPED)
     host = next((value for name, value in fields if name.lower() == "host"), None)
-    if host is None and default_host is not None:
+    if authority is not None:
+        # RFC 9112 §3.2.2: the target's authority replaces Host; sent first, as §3.2 asks.
+        fields = [(name, value) for name, value in fields if name.lower() != "host"]
+        fields.insert(0, ("Host", authority))
+        host = authority
+    elif host is None and default_host is not None:
         fields.insert(0, ("Host", default_host))
     if client_ip is not None:
         forwarded = [value for name, value in fields if name.lower() == "x-forwarded-for"]
@@ -162,21 +180,59 @@ def upstream_request_fields(
 def downstream_response_fields(raw: RawHeaders) -> list[tuple[str, str]]:
     """Fields to send the client: the upstream's end-to-end ones, in order, repeats kept.
 
-    Several ``Set-Cookie`` fields stay separate (RFC 6265 §3: they cannot be joined).
+    Several ``Set-Cookie`` fields stay separate (RFC 6265 §3: they cannot be joined). The framing
+    fields are not among them: the response's length is the one hangup's parse of the upstream's
+    answer found (RFC 9112 §6.3), set by the caller.
     """
-    return _end_to_end(raw, _HOP_BY_HOP_BYTES)
+    return _end_to_end(raw, _RESPONSE_DROPPED)
 
 
-def origin_form(raw_target: str, url: URL) -> str:
-    """The request target to send upstream, byte for byte (RFC 9112 §3.2.1 origin-form).
+CHUNKED_FRAMING = "Transfer-Encoding: chunked"
 
-    ``raw_target`` is the target as the client sent it and ``url`` aiohttp's parse of it. A client
-    may send absolute-form (RFC 9112 §3.2.2); it is reduced to origin-form so the upstream sees
-    what it would have seen directly.
+
+def framing_field(content_length: int | None, *, has_body: bool) -> str | None:
+    """The one framing line of a forwarded request, from hangup's own parse (RFC 9112 §6).
+
+    A known length is sent as canonical decimal (``int`` drops the leading zeros and the sign
+    h11 and llhttp each read their own way, RFC 9110 §8.6); a body of unknown length is re-framed
+    as chunked (RFC 9112 §7.1); no body and no declared length, no line (RFC 9112 §6.3 rule 6).
+    """
+    if content_length is not None:
+        return f"Content-Length: {content_length:d}"
+    return CHUNKED_FRAMING if has_body else None
+
+
+class RequestTarget(NamedTuple):
+    """A request target as it is forwarded: in origin form, with the authority it named, if any."""
+
+    origin: str
+    """The target to send upstream, byte for byte (RFC 9112 §3.2.1 origin-form)."""
+    authority: str | None
+    """An absolute-form target's authority, which replaces Host (RFC 9112 §3.2.2); else None."""
+    well_formed: bool
+    """False for a target in neither form: the gate refuses it with 400."""
+
+
+# RFC 9112 §3.2.2 absolute-form for the two schemes a gateway to an HTTP origin serves; the
+# authority ends at the first "/", "?" or "#" (RFC 3986 §3.2). A fragment is never sent.
+_ABSOLUTE_FORM = re.compile(r"(?i:https?)://(?P<authority>[^/?#]*)(?P<rest>[^#]*)")
+
+
+def request_target(raw_target: str) -> RequestTarget:
+    """The target to forward, from ``raw_target`` as the client sent it.
+
+    An absolute-form target is reduced to origin form from its own characters (``http://a?q``
+    becomes ``/?q``: an empty path is sent as "/", RFC 9112 §3.2.1), so the upstream sees what
+    it would have seen directly.
     """
     if raw_target.startswith("/"):
-        return raw_target
-    return url.raw_path_qs if url.raw_path else "/"
+        return RequestTarget(raw_target, None, well_formed=True)
+    match = _ABSOLUTE_FORM.fullmatch(raw_target)
+    if match is None:
+        return RequestTarget(raw_target, None, well_formed=False)
+    rest = match["rest"]
+    origin = rest if rest.startswith("/") else f"/{rest}"
+    return RequestTarget(origin, match["authority"], well_formed=True)
 
 
 def request_head(request_line: str, fields: Iterable[tuple[str, str]], *extra: str) -> bytes:

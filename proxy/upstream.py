@@ -88,14 +88,26 @@ class UpstreamBrokenError(UpstreamError):
 
 
 class ResponseHead:
-    """The status line and header fields of the upstream's (final) answer."""
+    """The status line and header fields of the upstream's (final) answer, and its framing."""
 
-    __slots__ = ("raw_headers", "reason", "status")
+    __slots__ = ("chunked", "content_length", "raw_headers", "reason", "status")
 
     def __init__(self, status: int, reason: str, raw_headers: list[tuple[bytes, bytes]]) -> None:
         self.status = status
         self.reason = reason
         self.raw_headers = raw_headers
+        # How llhttp framed the body (RFC 9112 §6.3), which is what the client is told: it refused
+        # a repeated or non-numeric Content-Length, and Transfer-Encoding overrides one (rule 3).
+        length: int | None = None
+        last_coding: bytes | None = None
+        for name, value in raw_headers:
+            lowered = name.lower()
+            if lowered == b"transfer-encoding":
+                last_coding = value.rpartition(b",")[2].strip().lower()
+            elif lowered == b"content-length":
+                length = int(value)
+        self.chunked = last_coding == b"chunked"
+        self.content_length = length if last_coding is None else None
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -450,15 +462,7 @@ class UpstreamConnection(asyncio.Protocol):
         """RFC 9112 §6.3: a body with no Content-Length whose last coding is not chunked."""
         if head.status in (204, 304):
             return False
-        for name, value in head.raw_headers:
-            lowered = name.lower()
-            if lowered == b"content-length":
-                return False
-            if lowered == b"transfer-encoding":
-                last_coding = value.rpartition(b",")[2].strip().lower()
-                if last_coding == b"chunked":
-                    return False
-        return True
+        return head.content_length is None and not head.chunked
 
     def _switch(self, rest: bytes) -> None:
         """llhttp stopped after a 101's head: the HTTP part is over (``switch_protocol``)."""

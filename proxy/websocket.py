@@ -54,7 +54,7 @@ from proxy.exchange import Exchange, Outcome
 from proxy.frontend import GateRequestHandler
 from proxy.gate import Rejection
 from proxy.handshake import asks_for_websocket, switches_to_websocket, upstream_handshake_head
-from proxy.headers import downstream_response_fields, origin_form
+from proxy.headers import downstream_response_fields, request_target
 from proxy.metrics import ProxyMetrics
 from proxy.response import ForwardedResponse, proxy_answer
 from proxy.routes import Action, Decision
@@ -156,7 +156,7 @@ class WebSocketTunnels:
         try:
             connection.send_request(
                 upstream_handshake_head(
-                    origin_form(request.raw_path, request.rel_url),
+                    request_target(request.raw_path),
                     request.raw_headers,
                     client_ip=request.remote,
                     request_id=exchange.request_id,

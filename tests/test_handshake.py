@@ -14,6 +14,7 @@ from proxy.handshake import (
     switching_protocols_head,
     upstream_handshake_head,
 )
+from proxy.headers import request_target
 
 
 @pytest.mark.parametrize(
@@ -48,7 +49,9 @@ def test_upstream_head_keeps_the_target_and_end_to_end_fields_and_adds_the_upgra
         (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
         (b"Sec-WebSocket-Protocol", b"a, b"),
     ]
-    head = upstream_handshake_head("/p%2F?q= 1", raw, client_ip="10.0.0.1", request_id="rid")
+    head = upstream_handshake_head(
+        request_target("/p%2F?q= 1"), raw, client_ip="10.0.0.1", request_id="rid"
+    )
     assert head.split(b"\r\n") == [
         b"GET /p%2F?q= 1 HTTP/1.1",
         b"Host: example.test",
