@@ -16,6 +16,7 @@ by message, with nothing left over: the same count, method, target and body.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -134,41 +135,35 @@ def parse_with_llhttp(data: bytes) -> list[WireMessage]:
 
 def parse_with_aiohttp(data: bytes) -> list[WireMessage]:
     """aiohttp's pure-Python request parser; it needs a loop only for its body streams."""
-    loop = asyncio.new_event_loop()
+    parser = HttpRequestParserPy(
+        mock.Mock(),
+        _aiohttp_loop(),
+        1 << 24,
+        max_line_size=1 << 20,
+        max_field_size=1 << 20,
+        max_headers=1 << 16,
+    )
     try:
-        parser = HttpRequestParserPy(
-            mock.Mock(),
-            loop,
-            1 << 24,
-            max_line_size=1 << 20,
-            max_field_size=1 << 20,
-            max_headers=1 << 16,
+        parsed, _upgraded, tail = parser.feed_data(data)
+    except Exception as exc:
+        raise WireParseError(f"aiohttp: {exc!r}") from exc
+    if tail:
+        raise WireParseError(f"aiohttp: {len(tail)} bytes left over")
+    messages = []
+    for message, payload in parsed:
+        if not payload.is_eof():
+            raise WireParseError("aiohttp: a body was left incomplete")
+        headers = tuple(
+            (n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in message.raw_headers
         )
-        try:
-            parsed, _upgraded, tail = parser.feed_data(data)
-        except Exception as exc:
-            raise WireParseError(f"aiohttp: {exc!r}") from exc
-        if tail:
-            raise WireParseError(f"aiohttp: {len(tail)} bytes left over")
-        messages = []
-        for message, payload in parsed:
-            if not payload.is_eof():
-                raise WireParseError("aiohttp: a body was left incomplete")
-            body = payload.read_nowait()
-            messages.append(
-                WireMessage(
-                    message.method,
-                    message.path,
-                    tuple(
-                        (n.decode("latin-1").lower(), v.decode("latin-1"))
-                        for n, v in message.raw_headers
-                    ),
-                    body,
-                )
-            )
-        return messages
-    finally:
-        loop.close()
+        messages.append(WireMessage(message.method, message.path, headers, payload.read_nowait()))
+    return messages
+
+
+@functools.cache
+def _aiohttp_loop() -> asyncio.AbstractEventLoop:
+    """One loop for every parse: aiohttp's body streams only need one to exist, never to run."""
+    return asyncio.new_event_loop()
 
 
 PARSERS: dict[str, Callable[[bytes], list[WireMessage]]] = {
