@@ -14,7 +14,9 @@ from proxy.headers import (
     RawHeaders,
     downstream_response_fields,
     expects_continue,
+    framing_field,
     request_id_from,
+    request_target,
     upstream_request_fields,
 )
 
@@ -517,3 +519,84 @@ def test_a_default_host_is_sent_first_only_to_stand_in_for_a_missing_one() -> No
     assert "X-Forwarded-Host" not in dict(without)
     assert [value for name, value in with_host if name == "Host"] == ["app.example"]
     assert dict(with_host)["X-Forwarded-Host"] == "app.example"
+
+
+FRAMING_NOMINATIONS = ["Content-Length", "content-length", "Transfer-Encoding", "keep-alive"]
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                ("Content-Length", "5"),
+                ("Content-Length", "05"),
+                ("Transfer-Encoding", "chunked"),
+                ("X-A", "1"),
+                ("Host", "a"),
+            ]
+        ),
+        max_size=6,
+    ),
+    st.lists(st.sampled_from(FRAMING_NOMINATIONS), max_size=3),
+)
+def test_framing_fields_never_come_from_the_field_list_in_either_direction(
+    fields: Fields, nominated: list[str]
+) -> None:
+    if nominated:
+        fields = [*fields, ("Connection", ", ".join(nominated))]
+    for forwarded in (
+        upstream_request_fields(raw(fields), client_ip=CLIENT_IP, request_id=REQUEST_ID),
+        downstream_response_fields(raw(fields)),
+    ):
+        names = {name.lower() for name, _ in forwarded}
+        assert names.isdisjoint({"content-length", "transfer-encoding", "connection"})
+
+
+@pytest.mark.parametrize(
+    ("length", "has_body", "line"),
+    [
+        pytest.param(None, False, None, id="no-body-no-length"),
+        pytest.param(0, False, "Content-Length: 0", id="declared-empty"),
+        pytest.param(10, True, "Content-Length: 10", id="known-length"),
+        pytest.param(None, True, "Transfer-Encoding: chunked", id="unknown-length"),
+    ],
+)
+def test_the_framing_line_comes_from_the_parsed_length(
+    length: int | None, has_body: bool, line: str | None
+) -> None:
+    assert framing_field(length, has_body=has_body) == line
+
+
+@pytest.mark.parametrize(
+    ("raw_target", "origin", "authority", "well_formed"),
+    [
+        pytest.param("/a%2Fb?x", "/a%2Fb?x", None, True, id="origin-form-byte-for-byte"),
+        pytest.param("http://b/x?y", "/x?y", "b", True, id="absolute-form"),
+        pytest.param("HTTPS://b:8443", "/", "b:8443", True, id="absolute-form-no-path"),
+        pytest.param("http://b?q", "/?q", "b", True, id="absolute-form-query-only"),
+        pytest.param("ftp://b/x", "ftp://b/x", None, False, id="other-scheme"),
+        pytest.param("http://b/x#f", "http://b/x#f", None, False, id="fragment"),
+        pytest.param("b/x", "b/x", None, False, id="neither-form"),
+    ],
+)
+def test_a_request_target_is_forwarded_in_origin_form(
+    raw_target: str, origin: str, authority: str | None, well_formed: bool
+) -> None:
+    target = request_target(raw_target)
+    assert (target.origin, target.authority, target.well_formed) == (
+        origin,
+        authority,
+        well_formed,
+    )
+
+
+def test_an_absolute_form_authority_replaces_host_and_comes_first() -> None:
+    fields = upstream_request_fields(
+        raw([("X-A", "1"), ("Host", "a"), ("Connection", "Host")]),
+        client_ip=CLIENT_IP,
+        request_id=REQUEST_ID,
+        authority="b.example",
+    )
+    assert fields[0] == ("Host", "b.example")
+    assert [value for name, value in fields if name.lower() == "host"] == ["b.example"]
+    assert ("X-Forwarded-Host", "b.example") in fields
