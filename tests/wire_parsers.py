@@ -185,3 +185,84 @@ def read_by_every_parser(data: bytes) -> list[WireMessage]:
     if len({tuple(summary) for summary in summaries.values()}) != 1:
         raise WireParseError(f"the parsers disagree on {data!r}: {summaries}")
     return readings["llhttp"]
+
+
+# --- answers, as a client reads them ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WireAnswer:
+    status: int
+    body: bytes
+
+
+def answers_with_h11(data: bytes, methods: list[str]) -> list[WireAnswer]:
+    connection = h11.Connection(h11.CLIENT)
+    connection.receive_data(data)
+    connection.receive_data(b"")
+    answers: list[WireAnswer] = []
+    for method in methods:
+        connection.send(h11.Request(method=method, target="/", headers=[("Host", "a")]))
+        connection.send(h11.EndOfMessage())
+        status, body = 0, bytearray()
+        while True:
+            try:
+                event = connection.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise WireParseError(f"h11: {exc}") from exc
+            if isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                answers.append(WireAnswer(status, bytes(body)))
+                break
+            elif isinstance(event, h11.InformationalResponse):
+                continue
+            else:
+                raise WireParseError(f"h11: the answer to {method} ended early ({event})")
+        if connection.our_state is h11.MUST_CLOSE:
+            break
+        connection.start_next_cycle()
+    return answers
+
+
+class _LlhttpAnswers:
+    def __init__(self) -> None:
+        self.answers: list[WireAnswer] = []
+        self._body = bytearray()
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_message_begin(self) -> None:
+        self._body = bytearray()
+
+    def on_body(self, body: bytes) -> None:
+        self._body += body
+
+    def on_message_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status >= 200:
+            self.answers.append(WireAnswer(status, bytes(self._body)))
+
+
+def answers_with_llhttp(data: bytes) -> list[WireAnswer]:
+    """llhttp's reading of ``data`` (answers to requests other than HEAD)."""
+    recorder = _LlhttpAnswers()
+    try:
+        recorder.parser.feed_data(data)
+    except httptools.HttpParserError as exc:
+        raise WireParseError(f"llhttp: {exc}") from exc
+    return recorder.answers
+
+
+def read_answers_by_every_parser(data: bytes, methods: list[str]) -> list[WireAnswer]:
+    """The answers in ``data`` (to requests of ``methods``), which h11 and llhttp must agree on.
+
+    Two parsers, as the two kinds of client a user puts in front: a Python one (h11, httpx's) and
+    llhttp (Node's, and aiohttp's C parser).
+    """
+    by_h11 = answers_with_h11(data, methods)
+    by_llhttp = answers_with_llhttp(data)
+    if by_h11 != by_llhttp:
+        raise WireParseError(f"the parsers disagree on {data!r}: h11 {by_h11}, llhttp {by_llhttp}")
+    return by_h11
