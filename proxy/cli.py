@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from proxy.config import (
     ProxyConfig,
     parse_bool,
+    parse_buffer_size,
     parse_count,
     parse_grace,
     parse_header_name,
@@ -164,7 +165,7 @@ OPTIONS = (
         "upstream_max_connections",
         parse_count,
         "1024",
-        "most upstream connections open at once; further requests wait for a free one",
+        "most upstream requests and WebSocket tunnels at once; one more gets 503 at once",
     ),
     Option(
         "--client-keepalive-timeout",
@@ -193,7 +194,23 @@ OPTIONS = (
         "body_timeout",
         parse_seconds,
         "60",
-        "seconds a request body may stall between two reads; past it 408 and close",
+        "seconds the whole request body has, from the end of its head; past it 408 and close",
+    ),
+    Option(
+        "--request-buffer-size",
+        "request_buffer_size",
+        parse_buffer_size,
+        "64k",
+        "a request body up to this size is read whole before the upstream is contacted; a larger "
+        "one is streamed",
+    ),
+    Option(
+        "--send-timeout",
+        "send_timeout",
+        parse_seconds,
+        "60",
+        "seconds a client may accept no byte of its answer; past it the client is cut and the "
+        "upstream connection closed",
     ),
     Option(
         "--max-client-connections",

@@ -148,6 +148,11 @@ def parse_optional_size(text: str) -> int | None:
     return None if text.strip().lower() in ("off", "none", "0") else parse_size(text)
 
 
+def parse_buffer_size(text: str) -> int:
+    """A size as in ``parse_size``, or ``0``/``off`` for none (``proxy_request_buffering off``)."""
+    return 0 if text.strip().lower() in ("off", "0") else parse_size(text)
+
+
 def parse_grace(text: str) -> float:
     """Seconds, 0 allowed (no grace)."""
     return 0.0 if text.strip() in ("0", "0.0") else parse_seconds(text)
@@ -237,8 +242,23 @@ class ProxyConfig:
     first byte of a later request on the same connection; past it, 408 and close (slowloris)."""
 
     body_timeout: float = 60.0
-    """Seconds the request body may stall between two reads; past it, 408 and close (and, for a
-    cancellable method, the upstream connection is closed too). nginx: client_body_timeout 60 s."""
+    """Seconds the whole request body has, from the end of its head; past it, 408 and close (and
+    the upstream connection, if one was taken, is closed). A total, like HAProxy's ``timeout
+    http-request`` with ``http-buffer-request`` and Envoy's ``request_timeout``, so a body
+    trickled a byte at a time cannot hold an upstream slot; nginx's ``client_body_timeout`` bounds
+    only each read. Raise it for large uploads over slow links."""
+
+    request_buffer_size: int = 65536
+    """A request body up to this many bytes is read whole before the upstream is contacted, and
+    sent with its head in one write (nginx ``proxy_request_buffering``, HAProxy
+    ``http-buffer-request``); a larger one is streamed. 64 KiB holds the usual API body (JSON,
+    a prompt with context) and is what the one-write path was measured with (benchmarks/); it
+    lives in memory, so the most it can hold is this times ``max_client_connections``. 0 (or
+    ``off``) streams every body as it arrives, which gives slow uploaders an upstream slot each."""
+
+    send_timeout: float = 60.0
+    """Seconds a client may accept no byte of what it is sent; past it the client connection is
+    cut and its upstream connection closed, which frees the slot (nginx ``send_timeout`` 60 s)."""
 
     max_client_connections: int = 10000
     """Most client connections at once; past it a new connection is answered 503 and closed."""

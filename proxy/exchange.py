@@ -37,6 +37,9 @@ class Outcome(enum.StrEnum):
     """The client sent something we would not forward (a broken body, an unknown Expect)."""
     DRAIN_TIMEOUT = "drain_timeout"
     """Still running when ``--drain-timeout`` ran out at shutdown: the proxy cut it."""
+    SEND_TIMEOUT = "send_timeout"
+    """The client accepted no byte of its answer for ``--send-timeout``: the proxy cut it, and
+    closed the upstream connection (for every method: the request had reached the upstream)."""
 
 
 class Phase(enum.StrEnum):
@@ -98,6 +101,15 @@ class Exchange:
             return 502, "the upstream could not be reached"
         self.finish(Outcome.UPSTREAM_ERROR, 502, f"upstream_failed: {exc.reason}")
         return 502, "the upstream connection failed"
+
+    def client_connection_gone(self, *, send_timed_out: bool) -> None:
+        """The client's connection is gone: it hung up, or the proxy cut it for accepting
+        nothing for ``--send-timeout`` (then the status is what the client was being sent, as
+        nginx logs it, or 408 if nothing had been)."""
+        if send_timed_out:
+            status = self.upstream_status if self.upstream_status is not None else 408
+            self.finish(Outcome.SEND_TIMEOUT, status, "send_timeout")
+        self.hung_up()
 
     def hung_up(self) -> None:
         self.client_gone = True

@@ -27,9 +27,28 @@ RFC 9112 §9.3 asks a client to. Every way an exchange can end funnels into ``Ex
 (first call wins), then ``_finished``, which pools or closes the upstream connection and writes
 the one canonical log line.
 
+Slow clients cannot hold what others need (issue 12). An upstream slot
+(``--upstream-max-connections``) and an upstream connection are taken only once a request can be
+sent at the speed of the upstream:
+
+* A body of up to ``--request-buffer-size`` (64 KiB by default) is read whole first
+  (``_read_ahead``), as nginx's ``proxy_request_buffering`` and HAProxy's
+  ``http-buffer-request`` do, and sent with its head in one write. A slow uploader then costs
+  one client connection and its buffer, never a slot; ``Expect: 100-continue`` is answered
+  before that read, since nothing waits upstream. A chunked body that ends within the buffer
+  goes on chunked, in the same one write. A larger body is streamed as it arrives
+  (``_upload``), after the upstream is connected.
+* The whole body must arrive within ``--body-timeout`` of the request's head (→ 408), not only
+  each read: a body trickled a byte at a time cannot hold a slot for longer.
+* A client that accepts no byte of its answer for ``--send-timeout`` is cut
+  (``GateRequestHandler``); its exchange ends as ``send_timeout`` and its upstream connection is
+  closed, whatever the method: the request reached the upstream already, and the rest of an
+  answer nobody reads is not worth a slot.
+
 Timeouts: ``--connect-timeout`` bounds the TCP connect (→ 502) and ``--upstream-timeout`` bounds
 the wait for the upstream's head once the request is written, then every gap between body chunks
-(→ 504); ``proxy.upstream`` stops that clock while reading is paused by a slow client.
+(→ 504); ``proxy.upstream`` stops that clock while reading is paused by a slow client (whom the
+send timeout bounds instead).
 """
 
 from __future__ import annotations
@@ -68,7 +87,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
-BODY_TIMEOUT = Rejection(408, "body_timeout", "the request body stalled")
+BODY_TIMEOUT = Rejection(408, "body_timeout", "the request body did not arrive in time")
 BAD_BODY = Rejection(400, "bad_request_body", "the request body could not be read")
 UPSTREAM_BUSY = Rejection(503, "upstream_connection_limit", "too many upstream requests at once")
 UNSUPPORTED_EXPECTATION = Rejection(
@@ -88,6 +107,7 @@ class Forwarder:
         self._metrics = metrics
         self._limits = config.limits
         self._body_timeout = config.body_timeout
+        self._buffer_size = config.request_buffer_size
         self._upstream_slots = config.upstream_max_connections
         self._upstream_active = 0
         # Set by the server when the drain timeout runs out: from then on a cancellation is the
@@ -116,7 +136,7 @@ class Forwarder:
             # A WebSocket session is a tunnel, not an exchange (proxy.websocket). It holds an
             # upstream connection for as long as it is open, so it counts towards
             # --upstream-max-connections for all that time.
-            rejection = self._admission(request)
+            rejection = self._admission(request) or self._slot_taken()
             self._upstream_active += 1
             try:
                 return await self.websockets.handle(request, exchange, rejection)
@@ -144,15 +164,21 @@ class Forwarder:
         protocol = request.protocol
         if exchange.cancellable and isinstance(protocol, GateRequestHandler):
             # Closed inside the client's FIN or connection loss, not a turn later.
-            leg.arm(protocol.hangup_hooks)
+            leg.arm(protocol)
         try:
             rejection = self._admission(request)
+            if rejection is None:
+                ahead, body_deadline = await self._read_ahead(request, exchange)
+                # Only now, with what is small read whole, is a slot worth taking.
+                rejection = self._slot_taken()
             if rejection is not None:
                 return _refuse(exchange, rejection)
             self._upstream_active += 1
             try:
                 async with asyncio.timeout_at(self._client_deadline(request)) as budget:
-                    connection, head = await self._send_upstream(request, exchange, leg)
+                    connection, head = await self._send_upstream(
+                        request, exchange, leg, ahead, body_deadline
+                    )
                     exchange.upstream_status = head.status
                     return await self._relay_response(request, exchange, connection, head)
             except TimeoutError:
@@ -166,7 +192,7 @@ class Forwarder:
             raise
         except ConnectionResetError:
             # Writing to a client that left (its loss may not have been noticed yet).
-            exchange.hung_up()
+            _client_lost(request, exchange)
             return proxy_answer(499, "client closed the connection")
         except ClientBodyError as exc:
             # From the upload, which runs beside the wait for the answer.
@@ -234,10 +260,11 @@ class Forwarder:
             return rejection
         if expects_continue(request.headers.getall("Expect", [])) is False:
             return UNSUPPORTED_EXPECTATION
-        if self._upstream_active >= self._upstream_slots:
-            # Refuse at once rather than queue for a pooled connection with no bound.
-            return UPSTREAM_BUSY
         return None
+
+    def _slot_taken(self) -> Rejection | None:
+        """503 when every upstream slot is taken: refused at once rather than queued unbounded."""
+        return UPSTREAM_BUSY if self._upstream_active >= self._upstream_slots else None
 
     def _cancelled(self, request: web.BaseRequest, exchange: Exchange, leg: UpstreamLeg) -> None:
         """Record why the exchange was cancelled and make sure its upstream socket is closed."""
@@ -245,28 +272,37 @@ class Forwarder:
             exchange.finish(Outcome.DRAIN_TIMEOUT, 503, "drain_timeout")
         elif request.transport is None:
             # aiohttp cancelled us because the client's connection is gone.
-            exchange.hung_up()
+            _client_lost(request, exchange)
             if leg.connection is not None:
                 leg.connection.close()
             exchange.closed_upstream()
 
     async def _send_upstream(
-        self, request: web.BaseRequest, exchange: Exchange, leg: UpstreamLeg
+        self,
+        request: web.BaseRequest,
+        exchange: Exchange,
+        leg: UpstreamLeg,
+        ahead: bytes,
+        body_deadline: float,
     ) -> tuple[UpstreamConnection, ResponseHead]:
-        """Send the request (its body from a task of its own) and wait for the answer's head."""
+        """Send the request (what ``_read_ahead`` left from a task of its own) and wait for the
+        answer's head."""
         has_body = request.body_exists
-        # aiohttp's parse of the client's framing (it refused a Content-Length that is not plain
-        # digits, a repeated one, and one beside Transfer-Encoding): a body without a length
-        # arrived chunked, and is sent on chunked.
+        whole = not has_body or request.content.at_eof()
+        # The length from hangup's parse: aiohttp's parse of the client's framing (it refused a
+        # Content-Length that is not plain digits, a repeated one, and one beside
+        # Transfer-Encoding). A body of unknown length goes on chunked, even when it was read
+        # whole: it keeps the framing its client chose, as HAProxy's http-buffer-request does.
         length = request.content_length
         chunked = has_body and length is None
         head = self._request_head(request, exchange, framing_field(length, has_body=has_body))
-        body = _small_body_at_hand(request) if has_body and not chunked else None
+        if whole and chunked:
+            ahead = (b"%x\r\n%b\r\n" % (len(ahead), ahead) if ahead else b"") + _LAST_CHUNK
         connection = leg.connection = await self._pool.acquire()
-        if body is not None or not has_body:
+        if whole:
             # The whole request is at hand: one write, at the end of the turn, as for a GET.
             connection.send_request(
-                head if body is None else head + body,
+                head + ahead if ahead else head,
                 head_only=request.method == "HEAD",
                 body_follows=False,
             )
@@ -277,9 +313,13 @@ class Forwarder:
                 request,
                 exchange,
                 connection,
+                ahead,
+                body_deadline,
                 chunked=chunked,
-                # Only a request with a body looks again at Expect (admission vetted it already).
-                send_continue=expects_continue(request.headers.getall("Expect", [])) is True,
+                # A body read ahead had its 100 Continue already; only a request with a body
+                # looks again at Expect (admission vetted it already).
+                send_continue=not ahead
+                and expects_continue(request.headers.getall("Expect", [])) is True,
             )
         )
         upload.add_done_callback(_retrieve_failure)
@@ -291,6 +331,50 @@ class Forwarder:
         ):
             raise failure
         return connection, await connection.response_head()
+
+    async def _read_ahead(
+        self, request: web.BaseRequest, exchange: Exchange
+    ) -> tuple[bytes, float]:
+        """The body read before the upstream is contacted, and the body's deadline (loop time).
+
+        All of it when it fits ``--request-buffer-size`` (``request.content.at_eof()`` is then
+        True); for a chunked body that turns out larger, the part read so far, which ``_upload``
+        sends first; nothing for a declared length larger than the buffer, or no body. The usual
+        API call (a JSON body of a few KiB) arrived in the same read as its head and is taken
+        without a wait; an ``Expect: 100-continue`` is then left unanswered, as RFC 9110 §10.1.1
+        allows once the content has been received.
+        """
+        if not request.body_exists:
+            return b"", 0.0
+        body_deadline = asyncio.get_running_loop().time() + self._body_timeout
+        length = request.content_length
+        if length is not None and length > self._buffer_size:
+            return b"", body_deadline
+        content = request.content
+        limit = self._limits.max_body_size
+        if content.is_eof():
+            try:
+                body = content.read_nowait()
+            except Exception as exc:  # the stream failed (aiohttp set an exception on it)
+                raise ClientBodyError(BAD_BODY) from exc
+            if limit is not None and len(body) > limit:
+                raise ClientBodyError(body_too_large(limit))
+            return body, body_deadline
+        exchange.phase = Phase.REQUEST_BODY
+        if expects_continue(request.headers.getall("Expect", [])) is True:
+            # RFC 9110 §10.1.1: nothing upstream waits on this body, so it is asked for at once.
+            await request.writer.write(_CONTINUE)
+        pieces: list[bytes] = []
+        received = 0
+        while received < self._buffer_size and (
+            chunk := await self._read_body_chunk(request, exchange, body_deadline)
+        ):
+            received += len(chunk)
+            if limit is not None and received > limit:
+                raise ClientBodyError(body_too_large(limit))
+            pieces.append(chunk)
+        exchange.phase = Phase.AWAITING_UPSTREAM_HEADERS
+        return b"".join(pieces), body_deadline
 
     def _request_head(
         self, request: web.BaseRequest, exchange: Exchange, framing: str | None
@@ -317,35 +401,47 @@ class Forwarder:
         request: web.BaseRequest,
         exchange: Exchange,
         connection: UpstreamConnection,
+        ahead: bytes,
+        body_deadline: float,
         *,
         chunked: bool,
         send_continue: bool,
     ) -> None:
-        """The client's body, chunk by chunk as it arrives: never buffered whole."""
+        """The rest of the client's body, chunk by chunk as it arrives: never buffered whole."""
         exchange.phase = Phase.REQUEST_BODY
         limit = self._limits.max_body_size
-        received = 0
+        received = len(ahead)
         if send_continue:
             # RFC 9110 §10.1.1: ask for the body only once the upstream is connected and ready for
             # it, as nginx does; a refused upstream then costs no upload.
             await request.writer.write(_CONTINUE)
-        while chunk := await self._read_body_chunk(request, exchange):
-            received += len(chunk)
+        chunk = ahead
+        while chunk or (chunk := await self._read_body_chunk(request, exchange, body_deadline)):
+            if chunk is not ahead:
+                received += len(chunk)
             if limit is not None and received > limit:
                 # A chunked body has no declared size: it is cut where it crosses the limit, and
                 # the upstream sees an incomplete request (its connection is closed, not pooled).
                 raise ClientBodyError(body_too_large(limit))
             await connection.send_body(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+            chunk = b""
         if chunked:
             await connection.send_body(_LAST_CHUNK)
         connection.request_sent()
         if exchange.phase is Phase.REQUEST_BODY:
             exchange.phase = Phase.AWAITING_UPSTREAM_HEADERS
 
-    async def _read_body_chunk(self, request: web.BaseRequest, exchange: Exchange) -> bytes:
-        """The next piece of the client's body (b"" at its end), within the body idle timeout."""
+    async def _read_body_chunk(
+        self, request: web.BaseRequest, exchange: Exchange, body_deadline: float
+    ) -> bytes:
+        """The next piece of the client's body (b"" at its end), before the body's deadline.
+
+        The deadline bounds the whole body, from the end of its head (``--body-timeout``), not
+        each read: a body trickled a byte at a time ends with 408 at the same moment as a stalled
+        one.
+        """
         try:
-            async with asyncio.timeout(self._body_timeout):
+            async with asyncio.timeout_at(body_deadline):
                 return await request.content.readany()
         except TimeoutError as exc:
             raise ClientBodyError(BODY_TIMEOUT) from exc
@@ -364,7 +460,7 @@ class Forwarder:
         if request.transport is None:
             # A write carried to the end whose client already left: discard the answer, reading
             # it whole so the connection can serve the next request.
-            exchange.hung_up()
+            _client_lost(request, exchange)
             await _discard(connection)
             return proxy_answer(499, "client closed the connection")
         exchange.phase = Phase.STREAMING_RESPONSE
@@ -383,8 +479,8 @@ class Forwarder:
                     await response.write(chunk)
             await response.write_eof()
         except ConnectionResetError:
-            exchange.hung_up()
-            if not exchange.cancellable:
+            _client_lost(request, exchange)
+            if not exchange.cancellable and exchange.outcome is Outcome.CLIENT_HANGUP:
                 await _discard(connection)
             raise
         except UpstreamError as exc:
@@ -403,28 +499,11 @@ class Forwarder:
         return proxy_answer(status, text)
 
 
-SMALL_BODY_SIZE = 65536
-"""A request body up to this size that arrived with its head is sent with it, in one write."""
-
-
-def _small_body_at_hand(request: web.BaseRequest) -> bytes | None:
-    """The whole body of a small request framed by Content-Length, if all of it is here already.
-
-    The usual API call (a JSON body of a few KiB) arrives in the same read as its head. Sent with
-    the head it needs no upload task, no body timeout and no turn of the loop per chunk
-    (``UpstreamConnection.send_body``); nothing is left to stream, so there is nothing for an
-    early answer to interrupt either. An ``Expect: 100-continue`` is then left unanswered, as
-    RFC 9110 §10.1.1 allows once the content has been received. Bigger bodies, and bodies still
-    on their way, are streamed by ``_upload``.
-    """
-    length = request.content_length
-    content = request.content
-    if length is None or length > SMALL_BODY_SIZE or not content.is_eof():
-        return None
-    try:
-        return content.read_nowait()
-    except Exception as exc:  # the stream failed (aiohttp set an exception on it)
-        raise ClientBodyError(BAD_BODY) from exc
+def _client_lost(request: web.BaseRequest, exchange: Exchange) -> None:
+    """The client's connection is gone: it hung up, or the proxy cut it for not reading."""
+    protocol = request.protocol
+    stalled = isinstance(protocol, GateRequestHandler) and protocol.send_timed_out
+    exchange.client_connection_gone(send_timed_out=stalled)
 
 
 def _retrieve_failure(upload: asyncio.Task[None]) -> None:

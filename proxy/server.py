@@ -51,6 +51,7 @@ def build_server(forwarder: Forwarder, config: ProxyConfig, on_reject: Rejection
         forwarder.handle,
         limits=config.limits,
         header_timeout=config.header_timeout,
+        send_timeout=config.send_timeout,
         max_connections=config.max_client_connections,
         on_reject=on_reject,
         # The heart of hangup: cancel the handler when the client's connection is lost.

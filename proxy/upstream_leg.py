@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from proxy.exchange import Exchange
 from proxy.upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from proxy.frontend import GateRequestHandler
 
 
 class UpstreamLeg:
@@ -22,20 +26,22 @@ class UpstreamLeg:
     pooled connection that serves someone else by then.
     """
 
-    __slots__ = ("armed", "connection", "exchange", "hooks", "upload")
+    __slots__ = ("armed", "client", "connection", "exchange", "hooks", "upload")
 
     def __init__(self, exchange: Exchange) -> None:
         self.exchange = exchange
         self.connection: UpstreamConnection | None = None
         self.upload: asyncio.Task[None] | None = None
         self.armed = False
+        self.client: GateRequestHandler | None = None
         self.hooks: list[Callable[[], object]] = []
 
-    def arm(self, hooks: list[Callable[[], object]]) -> None:
+    def arm(self, client: GateRequestHandler) -> None:
         """Be called when the client leaves, until ``disarm``."""
         self.armed = True
-        self.hooks = hooks
-        hooks.append(self)
+        self.client = client
+        self.hooks = client.hangup_hooks
+        self.hooks.append(self)
 
     def disarm(self) -> None:
         if self.armed:
@@ -50,5 +56,6 @@ class UpstreamLeg:
             return
         self.armed = False
         connection.close()
-        self.exchange.hung_up()
+        stalled = self.client is not None and self.client.send_timed_out
+        self.exchange.client_connection_gone(send_timed_out=stalled)
         self.exchange.closed_upstream()

@@ -152,7 +152,7 @@ class WebSocketTunnels:
         leg.connection = connection
         client = request.protocol
         if isinstance(client, GateRequestHandler):
-            leg.arm(client.hangup_hooks)
+            leg.arm(client)
         try:
             connection.send_request(
                 upstream_handshake_head(

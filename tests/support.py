@@ -62,9 +62,21 @@ class RawConnection:
     writer: asyncio.StreamWriter
 
     @classmethod
-    async def open(cls, port: int, host: str = LOOPBACK) -> RawConnection:
+    async def open(
+        cls, port: int, host: str = LOOPBACK, *, receive_buffer: int | None = None
+    ) -> RawConnection:
+        """Connect; ``receive_buffer`` shrinks the socket's receive buffer (set before the
+        connect, so the window it advertises is small too): a client that does not read then
+        stops the proxy's writes after a few KiB."""
         async with asyncio.timeout(WAIT):
-            reader, writer = await asyncio.open_connection(host, port)
+            if receive_buffer is None:
+                reader, writer = await asyncio.open_connection(host, port)
+            else:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+                sock.setblocking(False)
+                await asyncio.get_running_loop().sock_connect(sock, (host, port))
+                reader, writer = await asyncio.open_connection(sock=sock)
         return cls(reader, writer)
 
     async def send(self, data: bytes) -> None:

@@ -176,6 +176,17 @@ ROWS = [
     Row("--header-timeout", "HANGUP_HEADER_TIMEOUT", "header_timeout", "15", "5", 5.0, "7.5", 7.5),
     Row("--body-timeout", "HANGUP_BODY_TIMEOUT", "body_timeout", "60", "30", 30.0, "45", 45.0),
     Row(
+        "--request-buffer-size",
+        "HANGUP_REQUEST_BUFFER_SIZE",
+        "request_buffer_size",
+        "64k",
+        "1m",
+        1024 * 1024,
+        "off",
+        0,
+    ),
+    Row("--send-timeout", "HANGUP_SEND_TIMEOUT", "send_timeout", "60", "5", 5.0, "90.5", 90.5),
+    Row(
         "--max-client-connections",
         "HANGUP_MAX_CLIENT_CONNECTIONS",
         "max_client_connections",

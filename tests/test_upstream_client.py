@@ -321,7 +321,11 @@ async def test_a_chunked_upload_is_reframed_chunked_and_a_dropped_one_gives_502(
         got_first_chunk.set()
         # Stops reading and closes with the upload unfinished.
 
-    async with scripted_upstream(script) as upstream, start_proxy(upstream.url) as proxy:
+    # Request buffering off: the body is streamed while it arrives, not read ahead.
+    async with (
+        scripted_upstream(script) as upstream,
+        start_proxy(upstream.url, request_buffer_size=0) as proxy,
+    ):
         client = await RawConnection.open(proxy.address.port)
         await client.send(
             request_bytes("POST", "/", [("Transfer-Encoding", "chunked")]) + b"5\r\nhello\r\n"

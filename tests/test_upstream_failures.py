@@ -62,8 +62,10 @@ async def test_silent_upstream_answers_504_after_the_upstream_timeout(
 async def test_slow_upload_is_not_blamed_on_the_upstream(
     upstream: RawUpstream, start_proxy: ProxyFactory
 ) -> None:
-    """The upstream clock starts once the request is sent, as nginx's proxy_read_timeout does."""
-    async with start_proxy(upstream.url, upstream_timeout=0.3) as proxy:
+    """The upstream clock starts once the request is sent, as nginx's proxy_read_timeout does.
+
+    With request buffering off, so that the body is streamed while the upstream waits."""
+    async with start_proxy(upstream.url, upstream_timeout=0.3, request_buffer_size=0) as proxy:
         client = await RawConnection.open(proxy.address.port)
         await client.send(request_bytes("PUT", "/", [("Content-Length", "10")]) + b"12345")
         await upstream.wait_until(lambda: len(upstream.connections) == 1)
