@@ -7,6 +7,7 @@ can run several apps side by side.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -18,8 +19,9 @@ from starlette.background import BackgroundTask
 from starlette.types import Receive, Scope, Send
 
 from demo_backend.request_id import request_id_from_headers
-from demo_backend.stats import Counter, Stats
+from demo_backend.stats import Stats
 from demo_backend.websocket_route import add_websocket_echo
+from demo_backend.work.routes import WorkResources, WorkSettings, add_work_routes
 
 Seconds = Annotated[float, Query(ge=0, le=3600, description="How long the handler sleeps.")]
 
@@ -115,9 +117,16 @@ class Echo:
         await JSONResponse(describe_request(scope, body))(scope, receive, send)
 
 
-def create_app() -> FastAPI:
+def create_app(work: WorkSettings | None = None) -> FastAPI:
     stats = Stats()
-    app = FastAPI(title="hangup demo backend")
+    resources = WorkResources(work or WorkSettings())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await resources.close()
+
+    app = FastAPI(title="hangup demo backend", lifespan=lifespan)
     app.state.stats = stats
 
     @app.get("/slow")
@@ -149,11 +158,14 @@ def create_app() -> FastAPI:
         )
 
     @app.get("/stats")
-    async def get_stats() -> dict[Counter, int]:
-        return stats.snapshot()
+    async def get_stats() -> dict[str, Any]:
+        counts: dict[str, Any] = dict(stats.snapshot().items())
+        counts["work"] = stats.work_snapshot()
+        return counts
 
     # methods=None only means "every method" for an ASGI endpoint; the stub types every endpoint
     # as a request -> response function.
     app.router.add_route("/echo", Echo(), methods=None, include_in_schema=False)  # type: ignore[arg-type]
     add_websocket_echo(app, stats)
+    add_work_routes(app, stats, resources)
     return app

@@ -10,12 +10,14 @@ policy lets it cancel. It swallows exactly the cancellations it caused.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from demo_backend import hangup_signal
 from demo_backend.cancel_methods import should_cancel
 from demo_backend.request_id import request_id_from_headers
 
@@ -50,6 +52,8 @@ class InFlightRequest:
     cancellable: bool
     response_complete: bool = False
     cancelled_on_hangup: bool = False
+    hung_up: threading.Event = field(default_factory=threading.Event)
+    """Set with the cancel: what a thread of this request reads (``demo_backend.hangup_signal``)."""
 
     def should_cancel_on_hangup(self) -> bool:
         # A complete response means the client got its answer: what the task does now (Starlette
@@ -58,6 +62,8 @@ class InFlightRequest:
         return self.cancellable and not self.response_complete and not self.task.done()
 
     def cancel_on_hangup(self) -> None:
+        # The event first: a thread that returns because of it finds the task already cancelled.
+        self.hung_up.set()
         self.cancelled_on_hangup = self.task.cancel(msg=HANGUP_CANCEL_MESSAGE)
 
     def absorb_own_cancellation(self) -> bool:
@@ -106,6 +112,7 @@ class ConnectionCanceller:
             cancellable=should_cancel(scope["method"], self.cancel_methods),
         )
         self._in_flight.add(request)
+        signal_token = hangup_signal.bind(request.hung_up)
         try:
             await self.app(scope, receive, request.watch(send))
         except asyncio.CancelledError:
@@ -120,6 +127,7 @@ class ConnectionCanceller:
                 path=request.path,
             )
         finally:
+            hangup_signal.unbind(signal_token)
             self._in_flight.discard(request)
 
     def connection_lost(self) -> None:

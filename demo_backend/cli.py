@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
+import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn, cast
 
@@ -21,6 +23,7 @@ from demo_backend.cancel_methods import (
     parse_cancel_methods,
 )
 from demo_backend.server import BackendServer
+from demo_backend.work.routes import WorkSettings
 from proxy.logs import LOG_FORMATS, LogFormat, configure_logging
 
 if TYPE_CHECKING:
@@ -30,6 +33,8 @@ PROG = "hangup-demo-backend"
 HTTP_IMPLEMENTATIONS = ("h11", "httptools")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 USAGE_ERROR = 2
+POSTGRES_DSN_VAR = "HANGUP_DEMO_POSTGRES_DSN"
+DOWNSTREAM_VAR = "HANGUP_DEMO_DOWNSTREAM"
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,8 @@ class BackendOptions:
     """``json`` (default: one JSON object per line) or ``console``."""
     log_level: str
     """Minimum level logged. Default info."""
+    work: WorkSettings
+    """Where ``/work/postgres`` and ``/work/relay`` reach out to; unset, they answer 503."""
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -89,6 +96,34 @@ def _cancel_methods(text: str) -> frozenset[str]:
         return parse_cancel_methods(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _postgres_dsn(text: str) -> str:
+    """A libpq URI (what asyncpg takes): ``postgresql://[user[:password]@]host[:port]/db``."""
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("postgres", "postgresql") or not (parts.hostname or parts.query):
+        raise argparse.ArgumentTypeError(
+            f"expected a DSN such as postgresql://user@127.0.0.1:5432/db, got {text!r}"
+        )
+    try:
+        _ = parts.port
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad port in DSN {text!r}") from exc
+    return text
+
+
+def _downstream(text: str) -> str:
+    """An ``http://`` or ``https://`` base URL with a host; ``/slow`` is called below it."""
+    parts = urllib.parse.urlsplit(text)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise argparse.ArgumentTypeError(
+            f"expected a URL such as http://127.0.0.1:8080, got {text!r}"
+        )
+    return text.rstrip("/")
 
 
 def default_http() -> str:
@@ -127,6 +162,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds to let running requests finish at shutdown (default: wait for them)",
     )
+    parser.add_argument(
+        "--postgres-dsn",
+        type=_postgres_dsn,
+        default=None,
+        metavar="DSN",
+        help=f"PostgreSQL for /work/postgres (env {POSTGRES_DSN_VAR}; default none: 503)",
+    )
+    parser.add_argument(
+        "--postgres-pool-size",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="most pooled PostgreSQL connections (default 10)",
+    )
+    parser.add_argument(
+        "--downstream",
+        type=_downstream,
+        default=None,
+        metavar="URL",
+        help=f"service whose /slow /work/relay calls (env {DOWNSTREAM_VAR}; default none: 503)",
+    )
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="json")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     return parser
@@ -136,6 +192,18 @@ def parse_options(argv: list[str] | None) -> BackendOptions:
     """Flags (then ``HANGUP_CANCEL_METHODS``) to options; exits 2 with one line when invalid."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    postgres_dsn = args.postgres_dsn
+    if postgres_dsn is None and os.environ.get(POSTGRES_DSN_VAR):
+        try:
+            postgres_dsn = _postgres_dsn(os.environ[POSTGRES_DSN_VAR])
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"{POSTGRES_DSN_VAR}: {exc}")
+    downstream = args.downstream
+    if downstream is None and os.environ.get(DOWNSTREAM_VAR):
+        try:
+            downstream = _downstream(os.environ[DOWNSTREAM_VAR])
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"{DOWNSTREAM_VAR}: {exc}")
     # Checked even when --cancel-methods overrides it: demo_backend.protocol reads the variable at
     # import, and a bad value must surface here as one line rather than as a traceback later.
     try:
@@ -152,6 +220,11 @@ def parse_options(argv: list[str] | None) -> BackendOptions:
         timeout_graceful_shutdown=args.timeout_graceful_shutdown,
         log_format=cast("LogFormat", args.log_format),
         log_level=args.log_level,
+        work=WorkSettings(
+            postgres_dsn=postgres_dsn,
+            postgres_pool_size=args.postgres_pool_size,
+            downstream=downstream,
+        ),
     )
 
 
@@ -163,7 +236,7 @@ def run(options: BackendOptions) -> None:
 
     configure_logging(options.log_format, options.log_level)
     config = uvicorn.Config(
-        create_app(),
+        create_app(options.work),
         host=options.host,
         port=options.port,
         uds=options.uds,

@@ -29,6 +29,8 @@ STEP_WAIT = 10.0  # seconds for any one expected log line
 STOP_WAIT = 10.0  # seconds for a child to exit after SIGTERM before it is killed
 GET_SECONDS = 30
 POST_SECONDS = 1
+QUERY_SECONDS = 30
+WINDOW_SECONDS = 1.0  # how long the backend's CPU is watched after the query's hang-up
 SHOWN_FIELDS = ("request_id", "method", "path", "seconds", "status", "outcome", "duration_ms")
 
 
@@ -39,14 +41,14 @@ class Walkthrough:
         self.proxy_port = proxy_port
         self.hung_up_at = datetime.now(UTC)
 
-    async def send_and_hang_up(self, request: bytes, request_id: str) -> None:
+    async def send_and_hang_up(
+        self, request: bytes, request_id: str, started_event: str = "slow_started"
+    ) -> None:
         """Send ``request`` on a fresh connection; close it once the backend's handler runs."""
         _, writer = await asyncio.open_connection(LOOPBACK, self.proxy_port)
         writer.write(request)
         await writer.drain()
-        started = await self.backend.wait_for_event(
-            "slow_started", STEP_WAIT, request_id=request_id
-        )
+        started = await self.backend.wait_for_event(started_event, STEP_WAIT, request_id=request_id)
         show("backend", started)
         self.hung_up_at = datetime.now(UTC)
         writer.close()
@@ -97,8 +99,38 @@ class Walkthrough:
             f"logged the client's hang-up ({logged.get('outcome')}) and dropped the answer."
         )
 
+    async def query_hangup(self) -> None:
+        request_id = "demo-hangup-query"
+        target = f"/work/sqlite?seconds={QUERY_SECONDS}"
+        heading(f"3) GET {target} -- a CPU-bound SQLite query in a thread, then a hang-up")
+        print(f"   client   GET {target}   X-Request-ID: {request_id}")
+        await self.send_and_hang_up(
+            request_bytes("GET", target, request_id), request_id, "work_started"
+        )
+        before = cpu_seconds(self.backend.pid)
+        stopped = await self.backend.wait_for_event(
+            "work_stopped", STEP_WAIT, request_id=request_id
+        )
+        cancelled = await self.backend.wait_for_event(
+            "handler_cancelled", STEP_WAIT, request_id=request_id
+        )
+        # Not a wait for an event: the window over which the backend's CPU time is read.
+        await asyncio.sleep(WINDOW_SECONDS)
+        used = cpu_seconds(self.backend.pid) - before
+        print()
+        show("backend", stopped)
+        show("backend", cancelled)
+        explain(
+            "Cancelling the handler alone would not stop a query already running in a worker "
+            "thread. The recipe (demo_backend/work/sqlite_query.py) calls "
+            "sqlite3.Connection.interrupt() when it is cancelled: the query stopped "
+            f"{since(self.hung_up_at, stopped)} after the hang-up, and the backend used "
+            f"{used:.3f} s of CPU in the {WINDOW_SECONDS:.0f} s after it (a query left running "
+            f"would have used about {WINDOW_SECONDS:.0f} s)."
+        )
+
     async def stats(self) -> None:
-        heading("3) GET /stats through the proxy -- the backend's own count")
+        heading("4) GET /stats through the proxy -- the backend's own count")
         url = f"http://{LOOPBACK}:{self.proxy_port}/stats"
         timeout = aiohttp.ClientTimeout(total=STEP_WAIT)
         async with (
@@ -107,13 +139,24 @@ class Walkthrough:
         ):
             counts: dict[str, Any] = await response.json()
         check("backend's /stats", counts, started=2, completed=1, cancelled=1)
+        work = counts.pop("work", {})
+        check("backend's /stats work", work.get("sqlite", {}), started=1, cancelled=1, completed=0)
         for name, value in counts.items():
             print(f"   {name:<22} {value}")
+        for name, value in work.items():
+            print(f"   work.{name:<17} {value}")
         explain(
-            "Two slow handlers started: the GET was cancelled, the POST completed. "
+            "Two slow handlers started: the GET was cancelled, the POST completed; the query was "
+            "started and cancelled. "
             "Run it against your own app: uvicorn --http "
             "demo_backend.protocol:CancellingHttpToolsProtocol yourapp:app"
         )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of every thread of ``pid``, read from outside (proc(5))."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def request_bytes(method: str, target: str, request_id: str, body: bytes = b"") -> bytes:
@@ -201,6 +244,7 @@ async def run() -> int:
         walkthrough = Walkthrough(backend, proxy, proxy_port)
         await walkthrough.get_hangup()
         await walkthrough.post_hangup()
+        await walkthrough.query_hangup()
         await walkthrough.stats()
     except (ExpectationError, OSError, aiohttp.ClientError) as exc:
         print(f"\nwalkthrough failed: {exc}")

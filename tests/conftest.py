@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Mapping
+import os
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -12,10 +13,15 @@ import uvloop
 from proxy.config import HostPort, ProxyConfig, parse_upstream
 from proxy.logs import configure_logging
 from proxy.server import RunningProxy, running_proxy
+from tests.postgres_server import PostgresMissing, find_installation, running_postgres
 from tests.raw_upstream import RawUpstream
 from tests.support import LOOPBACK
 
 ProxyFactory = Callable[..., AbstractAsyncContextManager[RunningProxy]]
+
+REQUIRE_POSTGRES_VAR = "HANGUP_REQUIRE_POSTGRES"  # .ci/run sets it: a run without them fails
+_POSTGRES_TEST_PASSED = pytest.StashKey[bool]()
+_POSTGRES_TEST_SKIPPED = pytest.StashKey[str]()  # the first one's node id
 
 _ASYNCIO_ONLY: Mapping[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop
@@ -74,3 +80,52 @@ def start_proxy(proxy_config: Callable[..., ProxyConfig]) -> ProxyFactory:
             yield running
 
     return start
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """A real PostgreSQL server for the whole session (``tests.postgres_server``): its DSN."""
+    try:
+        installation = find_installation()
+    except PostgresMissing as exc:
+        raise pytest.fail.Exception(str(exc), pytrace=False) from None
+    with running_postgres(installation) as dsn:
+        yield dsn
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if "postgres_dsn" not in getattr(item, "fixturenames", ()):
+        return report
+    if report.when == "call" and report.passed:
+        item.config.stash[_POSTGRES_TEST_PASSED] = True
+    if report.skipped:
+        item.config.stash.setdefault(_POSTGRES_TEST_SKIPPED, item.nodeid)
+    return report
+
+
+def _postgres_requirement_unmet(config: pytest.Config) -> str | None:
+    """Why this run must fail for want of a passed PostgreSQL test; None when it need not."""
+    if os.environ.get(REQUIRE_POSTGRES_VAR) != "1":
+        return None
+    skipped = config.stash.get(_POSTGRES_TEST_SKIPPED, None)
+    if skipped is not None:
+        return f"{REQUIRE_POSTGRES_VAR}=1 but a PostgreSQL test was skipped: {skipped}"
+    if not config.stash.get(_POSTGRES_TEST_PASSED, False):
+        return f"{REQUIRE_POSTGRES_VAR}=1 but no test that uses PostgreSQL (postgres_dsn) passed"
+    return None
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With ``HANGUP_REQUIRE_POSTGRES=1``, a run in which no PostgreSQL test passed fails."""
+    if _postgres_requirement_unmet(session.config) and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    reason = _postgres_requirement_unmet(terminalreporter.config)
+    if reason is not None:
+        terminalreporter.write_line(reason, red=True, bold=True)

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from demo_backend.app import create_app, stats_of
 from demo_backend.protocol import HttpImplementation, cancelling_protocol
-from demo_backend.stats import COUNTERS, Counter, Stats
+from demo_backend.stats import COUNTERS, WORK_NAMES, WORK_OUTCOMES, Counter, Stats
 from tests.inprocess_uvicorn import InProcessServer, running_uvicorn
 from tests.support import WAIT, RawConnection, RawResponse, request_bytes, watch_logs
 
@@ -105,7 +105,9 @@ async def test_stats_report_every_counter_as_an_integer() -> None:
         await exchange(server.port, request_bytes("GET", "/slow?seconds=0"))
         response = await exchange(server.port, request_bytes("GET", "/stats"))
 
-    assert response.json() == {**dict.fromkeys(COUNTERS, 0), "started": 1, "completed": 1}
+    expected: dict[str, Any] = {**dict.fromkeys(COUNTERS, 0), "started": 1, "completed": 1}
+    expected["work"] = {name: dict.fromkeys(WORK_OUTCOMES, 0) for name in WORK_NAMES}
+    assert response.json() == expected
 
 
 @pytest.mark.parametrize("target", ["/slow?seconds=-1", "/slow?seconds=soon", "/slow"])
