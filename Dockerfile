@@ -13,7 +13,8 @@ WORKDIR /src
 COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
     && /opt/hangup/bin/pip install --no-cache-dir -r requirements.txt
-COPY README.md ./
+# LICENSE: pyproject.toml's license-files, which the wheel's metadata carries.
+COPY README.md LICENSE ./
 COPY proxy ./proxy
 COPY demo_backend ./demo_backend
 RUN /opt/hangup/bin/pip install --no-cache-dir --no-deps .

@@ -12,6 +12,8 @@ import os
 from collections.abc import Mapping
 
 from proxy import policy as proxy_policy
+from proxy.config import parse_bool
+from proxy.decision_header import TRUST_VAR
 
 ENV_VAR = "HANGUP_CANCEL_METHODS"
 ALL_METHODS = proxy_policy.ALL_METHODS
@@ -37,6 +39,21 @@ def cancel_methods_from_env(environ: Mapping[str, str] = os.environ) -> frozense
         return parse_cancel_methods(text)
     except ValueError as exc:
         raise ValueError(f"{ENV_VAR}: {exc}") from None
+
+
+def trust_decision_header_from_env(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether ``HANGUP_TRUST_DECISION_HEADER`` says to follow the proxy's ``Hangup-Decision``.
+
+    Off by default: only a backend that nothing but hangup can reach may trust it
+    (``proxy.decision_header``).
+    """
+    text = environ.get(TRUST_VAR)
+    if text is None:
+        return False
+    try:
+        return parse_bool(text)
+    except ValueError as exc:
+        raise ValueError(f"{TRUST_VAR}: {exc}") from None
 
 
 def should_cancel(method: str, cancel_methods: frozenset[str]) -> bool:

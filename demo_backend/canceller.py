@@ -3,23 +3,26 @@
 One ``ConnectionCanceller`` wraps the ASGI app for one HTTP connection (see ``protocol.py`` for
 how it is installed and why). It is a pure-ASGI middleware in Starlette's four-part shape: it
 records each HTTP request's task, watches ``send`` for the end of the response, and on
-``connection_lost`` cancels only the requests that are still answering and whose method the
-policy lets it cancel. It swallows exactly the cancellations it caused.
+``connection_lost`` cancels only the requests that are still answering and that the policy lets
+it cancel: the proxy's ``Hangup-Decision`` when trusted (``proxy.decision_header``), else the
+method list. It swallows exactly the cancellations it caused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from demo_backend import hangup_signal
 from demo_backend.cancel_methods import should_cancel
 from demo_backend.request_id import request_id_from_headers
+from proxy.decision_header import decided_cancellable
 
 HANGUP_CANCEL_MESSAGE = "client hung up"
 
@@ -35,10 +38,30 @@ def is_final_response_message(message: Message) -> bool:
     return message["type"] in _BODY_MESSAGES and not message.get("more_body", False)
 
 
-def _logger() -> Any:
-    # Looked up per call, not cached at import: structlog's cache_logger_on_first_use would freeze
-    # a module-level logger on the first configuration it saw, and tests reconfigure.
-    return structlog.get_logger()
+LOGGER_NAME = "hangup.cancel"
+"""The stdlib logger of the cancelling protocol: one INFO record per handler cancelled on hang-up.
+
+A library logs through ``logging`` and leaves handlers to the application: under plain uvicorn
+the record follows ``--log-config`` (or the app's ``dictConfig``); ``hangup-demo-backend`` routes
+it through its structlog pipeline (``proxy.logs``), where the record's ``event`` extra names the
+JSON line. Each record carries ``request_id``, ``method`` and ``path`` as attributes, for format
+strings such as ``%(request_id)s``.
+"""
+_log = logging.getLogger(LOGGER_NAME)
+HANDLER_CANCELLED = "handler_cancelled"
+
+
+def log_handler_cancelled(request: InFlightRequest) -> None:
+    fields = {"request_id": request.request_id, "method": request.method, "path": request.path}
+    # The message reads on its own under any format; the extras are the same facts, structured.
+    _log.info(
+        "%s request_id=%s method=%s path=%s",
+        HANDLER_CANCELLED,
+        request.request_id,
+        request.method,
+        request.path,
+        extra={"event": HANDLER_CANCELLED, **fields},
+    )
 
 
 @dataclass(eq=False)
@@ -54,6 +77,8 @@ class InFlightRequest:
     cancelled_on_hangup: bool = False
     hung_up: threading.Event = field(default_factory=threading.Event)
     """Set with the cancel: what a thread of this request reads (``demo_backend.hangup_signal``)."""
+    cancel_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    """The app runs inside it; the hang-up cancels it (``ConnectionCanceller.__call__``)."""
 
     def should_cancel_on_hangup(self) -> bool:
         # A complete response means the client got its answer: what the task does now (Starlette
@@ -64,16 +89,13 @@ class InFlightRequest:
     def cancel_on_hangup(self) -> None:
         # The event first: a thread that returns because of it finds the task already cancelled.
         self.hung_up.set()
-        self.cancelled_on_hangup = self.task.cancel(msg=HANGUP_CANCEL_MESSAGE)
-
-    def absorb_own_cancellation(self) -> bool:
-        """Take back our cancel request; true when nobody else asked the task to stop too.
-
-        ``uncancel`` (Python 3.11) counts pending cancel requests: if uvicorn's graceful-shutdown
-        timeout (or anything else) also cancelled the task, the count stays above zero and the
-        ``CancelledError`` must keep propagating.
-        """
-        return self.cancelled_on_hangup and self.task.uncancel() == 0
+        # anyio's cancel, not Task.cancel: Starlette runs a `def` endpoint with
+        # anyio.to_thread.run_sync, whose wait is shielded against anyio cancellation only. A
+        # native Task.cancel went straight through that shield (observed with anyio 4.16): the
+        # task unwound and logged handler_cancelled while the thread was still working. The scope's
+        # cancel is held until the thread returns, then delivered at the next await.
+        self.cancel_scope.cancel(HANGUP_CANCEL_MESSAGE)
+        self.cancelled_on_hangup = True
 
     def watch(self, send: Send) -> Send:
         async def watched_send(message: Message) -> None:
@@ -89,9 +111,12 @@ class InFlightRequest:
 class ConnectionCanceller:
     """ASGI wrapper owned by one connection; ``connection_lost`` cancels its unanswered requests."""
 
-    def __init__(self, app: ASGIApp, cancel_methods: frozenset[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, cancel_methods: frozenset[str], *, trust_decision_header: bool = False
+    ) -> None:
         self.app = app
         self.cancel_methods = cancel_methods
+        self.trust_decision_header = trust_decision_header
         # Keep-alive runs requests one after another, but request N can still be running its
         # background work while request N+1 is answered: each has its own entry.
         self._in_flight: set[InFlightRequest] = set()
@@ -109,26 +134,33 @@ class ConnectionCanceller:
             method=scope["method"],
             path=scope["path"],
             request_id=request_id_from_headers(scope["headers"]),
-            cancellable=should_cancel(scope["method"], self.cancel_methods),
+            cancellable=self.is_cancellable(scope),
         )
         self._in_flight.add(request)
         signal_token = hangup_signal.bind(request.hung_up)
         try:
-            await self.app(scope, receive, request.watch(send))
-        except asyncio.CancelledError:
-            if not request.absorb_own_cancellation():
-                raise
-            # An expected outcome, not an error: one line, no traceback. Returning normally keeps
-            # uvicorn's run_asgi from logging "Exception in ASGI application".
-            _logger().info(
-                "handler_cancelled",
-                request_id=request.request_id,
-                method=request.method,
-                path=request.path,
-            )
+            # The scope swallows exactly the cancellation it delivered and un-counts it
+            # (Task.uncancel). A cancel from anyone else, such as uvicorn's graceful-shutdown
+            # timeout, propagates, even when it lands in the same loop turn as ours (anyio's
+            # CancelScope.__exit__, agronholm/anyio#1214): uvicorn's run_asgi reports it as before.
+            with request.cancel_scope:
+                await self.app(scope, receive, request.watch(send))
         finally:
             hangup_signal.unbind(signal_token)
             self._in_flight.discard(request)
+        if request.cancelled_on_hangup:
+            # Only here, once the app has returned: the handler, and a `def` endpoint's thread
+            # with it, has stopped. An expected outcome, not an error: one line, no traceback.
+            # Returning normally keeps run_asgi from logging "Exception in ASGI application".
+            log_handler_cancelled(request)
+
+    def is_cancellable(self, scope: Scope) -> bool:
+        """The proxy's ``Hangup-Decision`` when trusted and present, else the method list."""
+        if self.trust_decision_header:
+            decided = decided_cancellable(scope["headers"])
+            if decided is not None:
+                return decided
+        return should_cancel(scope["method"], self.cancel_methods)
 
     def connection_lost(self) -> None:
         """Cancel every request of this connection whose response is incomplete and cancellable."""

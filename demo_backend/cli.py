@@ -6,6 +6,7 @@ Flags are validated before anything starts; a bad one ends in one line on stderr
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import os
 import sys
@@ -21,15 +22,19 @@ from demo_backend.cancel_methods import (
     cancel_methods_from_env,
     describe,
     parse_cancel_methods,
+    trust_decision_header_from_env,
 )
 from demo_backend.server import BackendServer
 from demo_backend.work.routes import WorkSettings
+from proxy.config import parse_bool
+from proxy.decision_header import DECISION_HEADER, TRUST_VAR
 from proxy.logs import LOG_FORMATS, LogFormat, configure_logging
 
 if TYPE_CHECKING:
     from demo_backend.protocol import HttpImplementation
 
 PROG = "hangup-demo-backend"
+DISTRIBUTION = "hangup"  # [project] name in pyproject.toml
 HTTP_IMPLEMENTATIONS = ("h11", "httptools")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 USAGE_ERROR = 2
@@ -51,6 +56,9 @@ class BackendOptions:
     """uvicorn HTTP implementation, ``h11`` or ``httptools``. Default httptools when installed."""
     cancel_methods: frozenset[str]
     """Methods cancelled on hang-up (``*`` = all). Default GET,HEAD,OPTIONS,TRACE."""
+    trust_decision_header: bool
+    """Follow the proxy's ``Hangup-Decision`` header where a request carries one. Default off:
+    only safe when every client comes through hangup (``proxy.decision_header``)."""
     limit_concurrency: int | None
     """uvicorn's limit on connections and on tasks; beyond it, 503. Default None: no limit."""
     timeout_graceful_shutdown: int | None
@@ -98,6 +106,13 @@ def _cancel_methods(text: str) -> frozenset[str]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _bool(text: str) -> bool:
+    try:
+        return parse_bool(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _postgres_dsn(text: str) -> str:
     """A libpq URI (what asyncpg takes): ``postgresql://[user[:password]@]host[:port]/db``."""
     parts = urllib.parse.urlsplit(text)
@@ -135,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="The hangup demo backend: slow endpoints on uvicorn, cancelled on hang-up.",
     )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"{PROG} {importlib.metadata.version(DISTRIBUTION)}",
+        help="print hangup-demo-backend and the installed version, then exit",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=8000, help="port; 0 = any free port")
     parser.add_argument(
@@ -153,6 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help=f"comma-separated methods cancelled on hang-up, or '*' (env {ENV_VAR}; "
         "default GET,HEAD,OPTIONS,TRACE)",
+    )
+    parser.add_argument(
+        "--trust-decision-header",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="BOOL",
+        help=f"cancel exactly what the proxy's {DECISION_HEADER} header says (env {TRUST_VAR}; "
+        "default false); only when every client comes through hangup",
     )
     parser.add_argument("--limit-concurrency", type=_positive_int, default=None, metavar="N")
     parser.add_argument(
@@ -208,6 +239,7 @@ def parse_options(argv: list[str] | None) -> BackendOptions:
     # import, and a bad value must surface here as one line rather than as a traceback later.
     try:
         env_cancel_methods = cancel_methods_from_env()
+        env_trust = trust_decision_header_from_env()
     except ValueError as exc:
         parser.error(str(exc))
     return BackendOptions(
@@ -216,6 +248,9 @@ def parse_options(argv: list[str] | None) -> BackendOptions:
         uds=args.uds,
         http=cast("HttpImplementation", args.http),
         cancel_methods=(env_cancel_methods if args.cancel_methods is None else args.cancel_methods),
+        trust_decision_header=(
+            env_trust if args.trust_decision_header is None else args.trust_decision_header
+        ),
         limit_concurrency=args.limit_concurrency,
         timeout_graceful_shutdown=args.timeout_graceful_shutdown,
         log_format=cast("LogFormat", args.log_format),
@@ -240,7 +275,9 @@ def run(options: BackendOptions) -> None:
         host=options.host,
         port=options.port,
         uds=options.uds,
-        http=cancelling_protocol(options.http, options.cancel_methods),
+        http=cancelling_protocol(
+            options.http, options.cancel_methods, options.trust_decision_header
+        ),
         limit_concurrency=options.limit_concurrency,
         timeout_graceful_shutdown=options.timeout_graceful_shutdown,
         # Our configure_logging owns the handlers; uvicorn's access line would duplicate the
@@ -251,7 +288,10 @@ def run(options: BackendOptions) -> None:
         log_level=options.log_level,
     )
     server = BackendServer(
-        config, http=options.http, cancel_methods=describe(options.cancel_methods)
+        config,
+        http=options.http,
+        cancel_methods=describe(options.cancel_methods),
+        trust_decision_header=options.trust_decision_header,
     )
     server.run()
 

@@ -1,6 +1,8 @@
 """uvicorn HTTP protocols that cancel a request's handler when its client hangs up.
 
-Use them from the command line with any ASGI app (``HANGUP_CANCEL_METHODS`` sets the policy)::
+Use them from the command line with any ASGI app (``HANGUP_CANCEL_METHODS`` sets the policy, and
+``HANGUP_TRUST_DECISION_HEADER=1`` makes the proxy's per-request decision win, see
+``proxy.decision_header``)::
 
     uvicorn --http demo_backend.protocol:CancellingHttpToolsProtocol yourapp:app
 
@@ -25,16 +27,20 @@ missing step without touching uvicorn's shared state:
    over the final ``http.response.body`` (``more_body`` false) or ``http.response.pathsend``.
 3. ``connection_lost`` (FIN, RST, or half-close: uvicorn's ``eof_received`` returns None) first
    lets uvicorn do its own bookkeeping, then cancels the recorded tasks whose response is
-   incomplete and whose method the policy cancels. A complete response is never cancelled: the
+   incomplete and that the policy cancels: by the proxy's ``Hangup-Decision`` when it is trusted
+   and present, else by method. A complete response is never cancelled: the
    task may be running Starlette ``BackgroundTasks`` after a client that read its answer and left,
    sent ``Connection: close``, or was closed by a graceful shutdown (``Server.shutdown`` closes
    idle connections, which calls ``connection_lost``) -- Starlette fixed exactly this bug in its
    own middleware (Kludex/starlette#1438). On a keep-alive connection request N's background work
    is not touched by a hang-up during request N+1.
-4. The wrapper catches the ``CancelledError`` it caused, takes its request back with
-   ``Task.uncancel()`` and logs one ``handler_cancelled`` line. Anything else -- another party's
-   cancellation such as uvicorn's ``timeout_graceful_shutdown`` -- propagates, and uvicorn's
-   ``run_asgi`` reports it as before.
+4. The app runs inside an anyio ``CancelScope``, and the hang-up cancels that scope rather than
+   the task: Starlette's wait for a ``def`` endpoint's thread is shielded against anyio
+   cancellation only, so the cancel is held until the thread returns. The scope swallows the
+   ``CancelledError`` it caused (and ``uncancel``s it); once the app has returned, the wrapper
+   logs one ``handler_cancelled`` record on the stdlib logger ``hangup.cancel``. Anything else --
+   another party's cancellation such as uvicorn's ``timeout_graceful_shutdown`` -- propagates, and
+   uvicorn's ``run_asgi`` reports it as before.
 
 The request task is always registered before its connection can be lost: ``create_task`` schedules
 the task's first step with ``call_soon`` while uvicorn handles the request head, and asyncio's and
@@ -48,8 +54,10 @@ Known limitations
 - Above 64 KiB of unread request body (``flow_control.HIGH_WATER_LIMIT``) uvicorn pauses reading,
   and a paused transport does not see FIN or RST: a hang-up during a large upload that the handler
   has not read yet is noticed only when the handler reads (or never, if it never does).
-- Cancelling stops ``async`` code at its next ``await``. A ``def`` endpoint runs in a thread pool
-  and keeps running; a database driver may be left mid-transaction (benoitc/gunicorn#3485 added a
+- Cancelling stops ``async`` code at its next ``await``, and, as in any anyio cancel scope, at
+  every ``await`` after it until the handler returns: shield clean-up that must wait. A ``def``
+  endpoint runs in a thread pool and keeps running until it returns (``hangup_signal`` lets it
+  look); a database driver may be left mid-transaction (benoitc/gunicorn#3485 added a
   grace period before cancelling for this reason). Keep writes out of the cancel policy.
 - Only ``http`` scopes are affected; WebSocket and lifespan scopes pass straight through.
 """
@@ -64,20 +72,23 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from demo_backend.cancel_methods import cancel_methods_from_env
+from demo_backend.cancel_methods import cancel_methods_from_env, trust_decision_header_from_env
 from demo_backend.canceller import ConnectionCanceller
+from demo_backend.environment import value_or_exit
 
 HttpImplementation = Literal["h11", "httptools"]
 
 # Read once at import, so `uvicorn --http demo_backend.protocol:CancellingH11Protocol` is configured
-# by the environment alone; a bad value fails the import with a message naming the variable.
-_CANCEL_METHODS_FROM_ENV = cancel_methods_from_env()
+# by the environment alone; a bad value ends the process with one line naming the variable, exit 2.
+_CANCEL_METHODS_FROM_ENV = value_or_exit(cancel_methods_from_env)
+_TRUST_DECISION_HEADER_FROM_ENV = value_or_exit(trust_decision_header_from_env)
 
 
 class CancellingH11Protocol(H11Protocol):
     """uvicorn's h11 protocol, plus: a hang-up cancels the unanswered request (module docstring)."""
 
     cancel_methods: ClassVar[frozenset[str]] = _CANCEL_METHODS_FROM_ENV
+    trust_decision_header: ClassVar[bool] = _TRUST_DECISION_HEADER_FROM_ENV
 
     def __init__(
         self,
@@ -87,7 +98,9 @@ class CancellingH11Protocol(H11Protocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self.canceller = ConnectionCanceller(self.app, self.cancel_methods)
+        self.canceller = ConnectionCanceller(
+            self.app, self.cancel_methods, trust_decision_header=self.trust_decision_header
+        )
         self.app = self.canceller
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -99,6 +112,7 @@ class CancellingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, plus: a hang-up cancels the unanswered request."""
 
     cancel_methods: ClassVar[frozenset[str]] = _CANCEL_METHODS_FROM_ENV
+    trust_decision_header: ClassVar[bool] = _TRUST_DECISION_HEADER_FROM_ENV
 
     def __init__(
         self,
@@ -108,7 +122,9 @@ class CancellingHttpToolsProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self.canceller = ConnectionCanceller(self.app, self.cancel_methods)
+        self.canceller = ConnectionCanceller(
+            self.app, self.cancel_methods, trust_decision_header=self.trust_decision_header
+        )
         self.app = self.canceller
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -124,21 +140,32 @@ CancellingAutoProtocol = CancellingHttpToolsProtocol
 _P = TypeVar("_P", CancellingH11Protocol, CancellingHttpToolsProtocol)
 
 
-def with_cancel_methods(protocol: type[_P], cancel_methods: frozenset[str]) -> type[_P]:
-    """A subclass of ``protocol`` that cancels ``cancel_methods`` instead of the env's choice."""
-    namespace = {"cancel_methods": cancel_methods, "__module__": __name__}
+def with_policy(
+    protocol: type[_P],
+    cancel_methods: frozenset[str] | None = None,
+    trust_decision_header: bool | None = None,
+) -> type[_P]:
+    """A subclass of ``protocol`` with this policy; None keeps the environment's choice."""
+    namespace: dict[str, object] = {"__module__": __name__}
+    if cancel_methods is not None:
+        namespace["cancel_methods"] = cancel_methods
+    if trust_decision_header is not None:
+        namespace["trust_decision_header"] = trust_decision_header
+    if len(namespace) == 1:
+        return protocol
     return cast("type[_P]", type(protocol.__name__, (protocol,), namespace))
 
 
 def cancelling_protocol(
-    http: HttpImplementation, cancel_methods: frozenset[str] | None = None
+    http: HttpImplementation,
+    cancel_methods: frozenset[str] | None = None,
+    trust_decision_header: bool | None = None,
 ) -> type[CancellingH11Protocol | CancellingHttpToolsProtocol]:
     """The protocol class to hand to ``uvicorn.Config(http=...)``.
 
-    ``cancel_methods`` of None keeps the ``HANGUP_CANCEL_METHODS`` / default policy.
+    ``cancel_methods`` and ``trust_decision_header`` of None keep the ``HANGUP_CANCEL_METHODS`` and
+    ``HANGUP_TRUST_DECISION_HEADER`` (or default) policy.
     """
     if http == "h11":
-        h11 = CancellingH11Protocol
-        return h11 if cancel_methods is None else with_cancel_methods(h11, cancel_methods)
-    httptools = CancellingHttpToolsProtocol
-    return httptools if cancel_methods is None else with_cancel_methods(httptools, cancel_methods)
+        return with_policy(CancellingH11Protocol, cancel_methods, trust_decision_header)
+    return with_policy(CancellingHttpToolsProtocol, cancel_methods, trust_decision_header)

@@ -212,12 +212,16 @@ def child_environment() -> dict[str, str]:
 
 async def start_backend(children: list[ChildProcess]) -> str:
     """Start the backend; its URL once it listens."""
-    argv = [script("hangup-demo-backend"), "--port", "0"]
+    # Only the proxy reaches it: it carries out the proxy's per-request decision (the README's
+    # "One policy for both halves").
+    argv = [script("hangup-demo-backend"), "--port", "0", "--trust-decision-header"]
     backend = await ChildProcess.start("backend", argv, child_environment())
     children.append(backend)
     listening = await backend.wait_for_event("backend_listening", STARTUP_WAIT)
     url = f"http://{LOOPBACK}:{listening['port']}"
     policy = listening.get("cancel_methods")
+    if listening.get("trust_decision_header"):
+        policy = f"what hangup decides, else {policy}"
     print(f"   backend  hangup-demo-backend  pid {backend.pid:<7} {url}  (cancels {policy})")
     return url
 

@@ -29,7 +29,9 @@ from proxy.config import (
     parse_workers,
 )
 from proxy.logs import LOG_FORMATS, configure_logging
+from proxy.metrics import hangup_version
 from proxy.policy import parse_cancel_methods
+from proxy.provenance import check_package
 from proxy.routes import load_policy_file, parse_rules
 from proxy.server import ListenError, run
 from proxy.supervisor import WorkersError, run_supervisor
@@ -108,8 +110,9 @@ OPTIONS = (
         parse_rules,
         None,
         "a per-route rule '[METHODS ]PATH=ACTION', ACTION one of cancel, never, grace=SECONDS; "
-        "PATH a prefix, or a glob with * ? [; repeatable (';' between rules in the variable); "
-        "first match wins, then --cancel-methods",
+        "PATH a prefix of whole segments (/slow matches /slow and /slow/x, never /slowly; /api/ "
+        "everything under /api/), or a glob with * ? [; repeatable (';' between rules in the "
+        "variable); first match wins, then --cancel-methods",
         repeatable=True,
     ),
     Option(
@@ -165,7 +168,8 @@ OPTIONS = (
         "upstream_max_connections",
         parse_count,
         "1024",
-        "most upstream requests and WebSocket tunnels at once; one more gets 503 at once",
+        "most upstream requests and WebSocket tunnels at once (per worker); one more is answered "
+        "503 at once, never queued",
     ),
     Option(
         "--client-keepalive-timeout",
@@ -303,6 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every flag can also be set as an environment variable: HANGUP_ + the flag's name "
         "in upper case (e.g. HANGUP_UPSTREAM_TIMEOUT). Flags win over variables.",
     )
+    # The installed distribution's version, the one hangup_build_info reports; argparse prints
+    # it to stdout and exits 0 before any other flag is checked (so --upstream is not needed).
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"{parser.prog} {hangup_version()}",
+        help="print hangup-proxy and the installed version, then exit",
+    )
     for option in OPTIONS:
         default = "" if option.default is None else f"; default {option.default}"
         switch: dict[str, Any] = {"nargs": "?", "const": "true"} if option.switch else {}
@@ -349,6 +361,8 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> ProxyConfig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # First, in the supervisor and in every worker: is the imported `proxy` package hangup's?
+    check_package()
     arguments = sys.argv[1:] if argv is None else list(argv)
     config = parse_config(arguments, os.environ)
     configure_logging(config.log_format, config.log_level)

@@ -58,7 +58,8 @@ import asyncio
 import structlog
 from aiohttp import web
 
-from proxy.config import ProxyConfig
+from proxy.config import ProxyConfig, parse_seconds
+from proxy.decision_header import HEADER_LINES
 from proxy.exchange import Exchange, Outcome, Phase
 from proxy.frontend import GateRequestHandler
 from proxy.gate import Rejection, body_too_large, check_request
@@ -82,6 +83,8 @@ from proxy.upstream import (
 from proxy.upstream_leg import UpstreamLeg
 from proxy.upstream_pool import UpstreamPool
 from proxy.websocket import WebSocketTunnels, is_websocket_handshake
+
+log = structlog.get_logger("hangup.proxy")
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
@@ -230,16 +233,22 @@ class Forwarder:
     def _client_deadline(self, request: web.BaseRequest) -> float | None:
         """The loop time at which the client's own bound on the exchange ends.
 
-        Capped by the upstream timeout. Only with ``--deadline-header``; a missing or unreadable
-        value means no client deadline.
+        Capped by the upstream timeout. Only with ``--deadline-header``; a missing value means no
+        client deadline, and so does one that is no positive number of seconds (``abc``, ``-1``),
+        which is counted and logged at debug (issue 14): the client meant a bound it does not get.
         """
         if self._deadline_header is None:
             return None
-        try:
-            seconds = float(request.headers.get(self._deadline_header, ""))
-        except ValueError:
+        value = request.headers.get(self._deadline_header)
+        if value is None:
             return None
-        if not 0 < seconds < float("inf"):
+        try:
+            seconds = parse_seconds(value)
+        except ValueError:
+            self._metrics.invalid_deadline_header()
+            # The request id comes from the context (bound in ``handle``); the value is the
+            # client's, so only its start is logged.
+            log.debug("deadline_header_invalid", header=self._deadline_header, value=value[:64])
             return None
         loop = asyncio.get_running_loop()
         return loop.time() + min(seconds, self._upstream_timeout)
@@ -393,7 +402,9 @@ class Forwarder:
             default_host=self._default_host,
             authority=target.authority,
         )
-        extra = () if framing is None else (framing,)
+        # What a hang-up does to this request, for a backend that trusts us to say it.
+        decision = HEADER_LINES[exchange.decision.action]
+        extra = (decision,) if framing is None else (decision, framing)
         return request_head(f"{request.method} {target.origin} HTTP/1.1", fields, *extra)
 
     async def _upload(

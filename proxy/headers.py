@@ -43,9 +43,16 @@ HOP_BY_HOP = frozenset(
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
 
 # Fields the proxy owns on the way to the upstream: Expect is answered here (we send
-# `100 Continue` when we start reading the body, as nginx does), and the forwarding fields are
-# rewritten below.
-_REQUEST_OWNED = _FRAMING | {"expect", "x-forwarded-proto", "x-forwarded-host", "x-request-id"}
+# `100 Continue` when we start reading the body, as nginx does), the forwarding fields are
+# rewritten below, and Hangup-Decision is the proxy's word to the backend (proxy.decision_header),
+# never a client's.
+_REQUEST_OWNED = _FRAMING | {
+    "expect",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+    "hangup-decision",
+}
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # A client-supplied id is kept only when it is short and plain, so it can be trusted in logs

@@ -16,7 +16,7 @@ import sys
 from typing import Literal, TextIO, cast
 
 import structlog
-from structlog.typing import Processor
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 from proxy import logline
 from proxy.logstream import LogStream
@@ -24,11 +24,54 @@ from proxy.logstream import LogStream
 LogFormat = Literal["json", "console"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("json", "console")
 
+CONSOLE_LEADING_FIELDS = ("status", "method", "path", "duration_ms")
+"""The console format writes these first, after the time, level and event; then the rest."""
+
+
+def lead_with_request_fields(event_dict: EventDict) -> EventDict:
+    """Put what a person scans a request line for first, the other fields after it, sorted.
+
+    ``ConsoleRenderer`` sorts every field by name, which leaves ``status`` somewhere after
+    ``client`` and ``outcome`` (issue 14). It keeps the event dict's order when told not to sort,
+    so the order is made here. The time, level and event are its own columns, wherever they are.
+    """
+    leading = {key: event_dict.pop(key) for key in CONSOLE_LEADING_FIELDS if key in event_dict}
+    return {**leading, **dict(sorted(event_dict.items()))}
+
+
+class _ConsoleRenderer:
+    """structlog's console renderer, uncoloured, with the fields in ``lead_with_request_fields``'s
+    order."""
+
+    def __init__(self) -> None:
+        self._render = structlog.dev.ConsoleRenderer(colors=False, sort_keys=False)
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> str:
+        return self._render(logger, method_name, lead_with_request_fields(event_dict))
+
 
 def _renderer(log_format: LogFormat) -> Processor:
     if log_format == "console":
-        return structlog.dev.ConsoleRenderer(colors=False)
+        return _ConsoleRenderer()
     return structlog.processors.JSONRenderer()
+
+
+_copy_record_extras = structlog.stdlib.ExtraAdder()
+
+
+def event_from_record(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """A stdlib record that names its ``event`` (an ``extra``) becomes that event with its fields.
+
+    The convention of ``demo_backend.canceller``: a library logs a readable message through
+    ``logging``, and passes the snake_case event name and the fields as ``extra``. Here the line
+    gets the event name, not the message, and the extras as fields, exactly as if it had been
+    logged through structlog. Records without an ``event`` (uvicorn's, aiohttp's) are left as they
+    are: uvicorn's ``color_message`` extra is not for the JSON line.
+    """
+    record = event_dict.get("_record")
+    if record is not None and isinstance(getattr(record, "event", None), str):
+        return _copy_record_extras(logger, method_name, event_dict)
+    return event_dict
 
 
 def configure_logging(
@@ -64,7 +107,7 @@ def configure_logging(
     handler = logging.StreamHandler(output)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared, event_from_record],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,

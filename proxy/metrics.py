@@ -10,6 +10,11 @@ never a path or an id.
 With ``--workers N`` each worker runs with ``PROMETHEUS_MULTIPROC_DIR`` set by its supervisor, so
 prometheus-client keeps these values in files the supervisor sums (``proxy.supervisor``). Nothing
 here changes for that but the gauge's ``multiprocess_mode``, which a single process ignores.
+
+No ``_created`` series: prometheus-client adds one to every counter and histogram (and to each of
+their label children), a start time no dashboard of ours reads that doubles the lines of a scrape.
+Every registry of hangup, a proxy's or a supervisor's, is made by ``new_registry``, which turns
+them off (issue 14). The multiprocess collector never writes them.
 """
 
 from __future__ import annotations
@@ -18,7 +23,14 @@ import importlib.metadata
 import platform
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 
 from proxy.exchange import Exchange, Outcome, Phase
 
@@ -45,7 +57,8 @@ REJECTION_REASONS = ("unsupported_expectation", "bad_request_body")
 OTHER = "other"
 
 
-def _version() -> str:
+def hangup_version() -> str:
+    """The installed ``hangup`` distribution's version (``hangup_build_info``, ``--version``)."""
     try:
         return importlib.metadata.version("hangup")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a bare checkout
@@ -55,15 +68,25 @@ def _version() -> str:
 def register_build_info(registry: CollectorRegistry) -> None:
     """``hangup_build_info``: the version and Python of the process that serves /metrics."""
     Info("hangup_build", "The running hangup build.", registry=registry).info(
-        {"version": _version(), "python": platform.python_version()}
+        {"version": hangup_version(), "python": platform.python_version()}
     )
+
+
+def new_registry(*, auto_describe: bool = False) -> CollectorRegistry:
+    """A registry of our own, exported without ``_created`` series (see the module docstring)."""
+    # The switch is one module-wide flag of prometheus-client's, read at each scrape; setting it
+    # again is harmless. Set here rather than at import so that it is visibly tied to our
+    # registries (the same process's default registry, if anyone used it, loses them too).
+    # prometheus-client leaves this function unannotated (it ships py.typed regardless).
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    return CollectorRegistry(auto_describe=auto_describe)
 
 
 class ProxyMetrics:
     """Every metric of one proxy, in its own ``registry``."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = new_registry(auto_describe=True)
         registry = self.registry
         requests = Counter(
             "hangup_requests",
@@ -78,8 +101,9 @@ class ProxyMetrics:
             ["phase"],
             registry=registry,
         )
+        # Named hangup_hangup_decisions before issue 14; the stutter is gone, the labels kept.
         self.hangup_policy = Counter(
-            "hangup_hangup_decisions",
+            "hangup_policy_decisions",
             "Hang-ups by the policy rule that decided them (default, route-N, file-N) and its "
             "action (cancel, never, grace).",
             ["rule", "action"],
@@ -131,6 +155,12 @@ class ProxyMetrics:
         self.upstream_timeouts = Counter(
             "hangup_upstream_timeouts",
             "Requests whose upstream was silent past --upstream-timeout.",
+            registry=registry,
+        )
+        self._invalid_deadlines = Counter(
+            "hangup_invalid_deadline_headers",
+            "Requests whose --deadline-header held no positive number of seconds; the value was "
+            "ignored, as if the header were absent.",
             registry=registry,
         )
         self._rejected_counter = rejected = Counter(
@@ -187,6 +217,9 @@ class ProxyMetrics:
             self.upstream_connect_errors.inc()
         elif outcome is Outcome.CLIENT_ERROR:
             self.rejected(exchange.reason or OTHER)
+
+    def invalid_deadline_header(self) -> None:
+        self._invalid_deadlines.inc()
 
     def rejected(self, reason: str) -> None:
         """Count one refusal. Reasons are the gate's own constants, so the label set is bounded."""

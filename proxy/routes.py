@@ -1,7 +1,10 @@
 """Per-route cancellation rules: what a hang-up does to a request, decided before it is forwarded.
 
 A rule maps a method set and a path (a prefix, or a glob when it holds ``*``, ``?`` or ``[``) to
-an action:
+an action. A prefix matches whole path segments, as Envoy's ``path_separated_prefix`` does:
+``/slow`` matches ``/slow`` and ``/slow/...``, never ``/slowly`` or ``/slow-delete-everything``,
+so a ``cancel`` rule cannot catch a write endpoint that merely shares its first letters (issue
+14). A prefix that ends in ``/`` (``/api/``, ``/``) matches everything under it. The actions:
 
 * ``cancel`` — close the upstream connection the moment the client leaves;
 * ``never`` — carry the request to the end and discard the answer;
@@ -50,7 +53,8 @@ class Rule:
     methods: frozenset[str] | None
     """Methods this rule applies to; None for every method."""
     path: str
-    """A path prefix, or a case-sensitive glob when it holds ``*``, ``?`` or ``[``."""
+    """A path prefix matched by whole segments (see the module's docstring), or a case-sensitive
+    glob when it holds ``*``, ``?`` or ``[``."""
     action: Action
     grace: float = 0.0
     name: str = ""
@@ -60,10 +64,29 @@ class Rule:
             return False
         if _GLOB_CHARS & set(self.path):
             return fnmatch.fnmatchcase(path, self.path)
-        return path.startswith(self.path)
+        return is_under_prefix(path, self.path)
 
     def decision(self) -> Decision:
         return Decision(self.action, self.grace, self.name)
+
+    def describe(self) -> str:
+        """The rule as ``--cancel-route`` takes it, e.g. ``GET,HEAD /v1/chat/*=grace=2.5``."""
+        methods = "" if self.methods is None else ",".join(sorted(self.methods)) + " "
+        action = f"grace={self.grace:g}" if self.action is Action.GRACE else str(self.action)
+        return f"{methods}{self.path}={action}"
+
+
+def is_under_prefix(path: str, prefix: str) -> bool:
+    """Whether ``path`` is ``prefix`` or lies under it, segment by segment.
+
+    Envoy's ``path_separated_prefix``: the prefix must end where the path does or where a ``/``
+    follows. A prefix ending in ``/`` already ends on a boundary. Per request and per rule, so it
+    compares in place rather than building ``prefix + "/"``.
+    """
+    if not path.startswith(prefix):
+        return False
+    end = len(prefix)
+    return end == len(path) or prefix.endswith("/") or path[end] == "/"
 
 
 @dataclass(frozen=True, slots=True)

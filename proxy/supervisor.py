@@ -6,14 +6,21 @@ The supervisor serves no client traffic. It binds the listen address once, start
 each run the ordinary proxy (``proxy.worker``) on that address with SO_REUSEPORT, so the kernel
 spreads new connections over their listeners, and then only watches them.
 
-How workers start: a re-exec, ``python -P -m proxy`` with the supervisor's own flags and
-environment plus ``HANGUP_WORKER_ASSIGNMENT``. Not a fork: the supervisor runs an event loop (the
-admin listener, signals, its children), and a restart happens long after that loop exists; a child
-forked from it would inherit the loop's epoll and signal descriptors and any executor threads,
-which asyncio does not support. "Fork before any loop exists" covers only the first generation.
+How workers start: a re-exec, ``python -P -c 'from proxy.cli import main; ...'``
+(``WORKER_CODE``) with the supervisor's own flags and environment plus
+``HANGUP_WORKER_ASSIGNMENT``. Not a fork: the supervisor runs an event loop (the admin listener,
+signals, its children), and a restart happens long after that loop exists; a child forked from it
+would inherit the loop's epoll and signal descriptors and any executor threads, which asyncio
+does not support. "Fork before any loop exists" covers only the first generation.
 A re-exec gives every worker, restarted ones too, a fresh interpreter that starts exactly like a
 single-process hangup, for about 0.4 s of imports. ``-P`` keeps a ``proxy/`` directory that happens
 to be the current directory out of the worker's imports, as it is out of the console script's.
+``-c`` with the console script's own import, not ``-m proxy``: ``-m proxy`` runs whatever
+``proxy/__main__.py`` is on disk, and proxy.py, installed into the same environment, overwrites it
+with its own (``proxy.provenance``); ``proxy.cli`` is a module only hangup ships, and its ``main``
+first checks that the package is hangup's, in the worker as in the supervisor. Not
+``-m proxy.worker`` either: that would load ``proxy/worker.py`` twice, as ``__main__`` and as the
+``proxy.worker`` that ``proxy.cli`` imports.
 
 The listen address: the supervisor binds (never listens on) a SO_REUSEPORT socket on it first.
 That resolves port 0 to the one port all workers share, fails once with the usual one-line error
@@ -31,9 +38,11 @@ sees its channel close and drains by itself.
 
 Restarts: a worker that exits while the supervisor is not draining is logged (``worker_exited``,
 with pid and exit status) and started again (``worker_started``) after a delay that grows while
-starts keep failing; a first-generation worker that cannot start, or a slot that fails to start
-``MAX_FAILED_STARTS`` times in a row, ends the supervisor with one error line
-(``proxy.restart_policy``).
+starts keep failing. A worker that exits before it listens is reported with its exit status (its
+channel closes first, and the supervisor waits for the exit rather than calling it a time-out);
+only one still running after ``START_TIMEOUT`` is ``worker_start_timeout``. A first-generation
+worker that cannot start, or a slot that fails to start ``MAX_FAILED_STARTS`` times in a row, ends
+the supervisor with one error line (``proxy.restart_policy``).
 
 Admin and metrics: the supervisor alone opens ``--admin``. /healthz and /livez answer while its
 loop does. /readyz is 200 only while every worker is listening (and, with
@@ -137,8 +146,12 @@ def describe_exit(returncode: int) -> dict[str, int | str]:
     return {"exit_status": returncode}
 
 
+WORKER_CODE = "from proxy.cli import main; raise SystemExit(main())"
+"""What a worker runs: what the ``hangup-proxy`` console script runs (see the module docstring)."""
+
+
 def worker_command(argv: Sequence[str]) -> list[str]:
-    return [sys.executable, "-P", "-m", "proxy", *argv]
+    return [sys.executable, "-P", "-c", WORKER_CODE, *argv]
 
 
 class Supervisor:
@@ -277,17 +290,28 @@ class Supervisor:
         return worker
 
     async def _wait_listening(self, worker: WorkerProcess) -> bool:
-        listening = False
+        listening: bool | None = None  # None: not told either way within START_TIMEOUT
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(START_TIMEOUT):
                 listening = await worker.reports_listening()
-        if not listening and worker.process.returncode is None:
+        if listening is None:
             log.error("worker_start_timeout", worker=worker.slot, pid=worker.pid)
             worker.send_signal(signal.SIGKILL)
+            return False
         if listening:
             worker.listening = True
             self._count_listening()
-        return listening
+            return True
+        # The channel closed before the worker said it listens: the worker is exiting, and its
+        # exit status, which the child watcher may not have reaped yet, is what _watch reports.
+        # Bounded all the same: one that closed its end and lives on is killed.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(EXIT_MARGIN):
+                await worker.process.wait()
+        if worker.process.returncode is None:
+            log.error("worker_channel_closed", worker=worker.slot, pid=worker.pid)
+            worker.send_signal(signal.SIGKILL)
+        return False
 
     def _forget(self, worker: WorkerProcess) -> None:
         if self.workers.get(worker.slot) is worker:

@@ -1,7 +1,8 @@
 """One worker of ``--workers N``: the ordinary proxy, told where to listen by its supervisor.
 
-The contract with ``proxy.supervisor``, which starts each worker as ``python -P -m proxy`` with the
-supervisor's own flags and environment plus ``HANGUP_WORKER_ASSIGNMENT`` (``WorkerAssignment``):
+The contract with ``proxy.supervisor``, which starts each worker as ``python -P -c`` running what
+the console script runs (``proxy.supervisor.WORKER_CODE``), with the supervisor's own flags and
+environment plus ``HANGUP_WORKER_ASSIGNMENT`` (``WorkerAssignment``):
 
 - The worker parses the same flags and variables, so it runs the supervisor's configuration,
   except that it listens on the address the supervisor resolved (port 0 becomes the one port all

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, multiprocess
+from prometheus_client import Counter, Gauge, multiprocess
 
-from proxy.metrics import register_build_info
+from proxy.metrics import new_registry, register_build_info
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 """Read by prometheus-client when a worker imports it; set only in the workers' environment."""
@@ -26,7 +26,7 @@ class SupervisorMetrics:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.registry = CollectorRegistry()
+        self.registry = new_registry()
         # prometheus-client's multiprocess module has no annotations (it ships py.typed regardless).
         multiprocess.MultiProcessCollector(self.registry, path=str(directory))  # type: ignore[no-untyped-call]
         self.workers_listening = Gauge(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ from typing import Any, Literal
 
 from structlog.testing import capture_logs
 
+from demo_backend.canceller import LOGGER_NAME as CANCEL_LOGGER_NAME
 from demo_backend.child_process import LogLines, spawn_with_log_lines
 
 LOOPBACK = "127.0.0.1"
@@ -341,12 +343,39 @@ class LogWatch:
         return self.events(event, **fields)[count - 1]
 
 
+class _EventRecords(logging.Handler):
+    """The protocol's stdlib records as entries like structlog's (``proxy.logs.event_from_record``
+    does the same in production): the ``event`` extra and the other extras as fields."""
+
+    _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
+
+    def __init__(self, watch: LogWatch) -> None:
+        super().__init__(logging.DEBUG)
+        self.watch = watch
+
+    def emit(self, record: logging.LogRecord) -> None:
+        extras = {k: v for k, v in record.__dict__.items() if k not in self._STANDARD}
+        entry = {"event": extras.pop("event", record.getMessage())}
+        entry |= {"log_level": record.levelname.lower(), **extras}
+        self.watch.entries.append(self.watch._processor(None, record.levelname.lower(), entry))
+
+
 @contextlib.contextmanager
 def watch_logs() -> Iterator[LogWatch]:
+    """structlog events and the cancelling protocol's ``logging`` records, in one transcript."""
     watch = LogWatch()
-    with capture_logs(processors=[watch._processor]) as entries:
-        watch.entries = entries
-        yield watch
+    handler = _EventRecords(watch)
+    cancel_logger = logging.getLogger(CANCEL_LOGGER_NAME)
+    level = cancel_logger.level
+    cancel_logger.addHandler(handler)
+    cancel_logger.setLevel(logging.INFO)
+    try:
+        with capture_logs(processors=[watch._processor]) as entries:
+            watch.entries = entries
+            yield watch
+    finally:
+        cancel_logger.removeHandler(handler)
+        cancel_logger.setLevel(level)
 
 
 # --- the two console scripts together -----------------------------------------------------------

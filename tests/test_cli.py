@@ -6,6 +6,7 @@ The first half calls ``parse_config`` in-process; the second starts the real con
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import os
 import socket
@@ -20,7 +21,7 @@ from proxy.cli import OPTIONS, parse_config
 from proxy.config import HostPort, ProxyConfig, Upstream, parse_upstream
 from proxy.policy import CancelPolicy
 from proxy.routes import Action, Rule
-from tests.support import LOOPBACK, WAIT, script_path
+from tests.support import LOOPBACK, WAIT, proxy_argv, running_script, script_path
 
 # Never contacted: every process started here fails or exits before it forwards anything.
 UPSTREAM = f"http://{LOOPBACK}:9"
@@ -491,6 +492,60 @@ def test_help_shows_every_flag_with_its_environment_variable_and_default(
 
 def test_help_says_upstream_is_required(help_text: str) -> None:
     assert "(required)" in help_text
+
+
+def test_help_says_a_request_past_the_upstream_limit_gets_503_at_once(help_text: str) -> None:
+    # As proxy.forward's _slot_taken does; an older text said requests "wait for a free one".
+    assert "one more is answered 503 at once, never queued" in help_text
+    assert "wait for a free one" not in help_text
+
+
+def test_help_says_a_route_prefix_matches_whole_segments(help_text: str) -> None:
+    assert "PATH a prefix of whole segments (/slow matches /slow and /slow/x, never /slowly" in (
+        help_text
+    )
+
+
+def test_version_prints_the_installed_distributions_version_and_exits_0() -> None:
+    finished = run_proxy("--version")
+
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stderr == ""
+    # The distribution is "hangup" (pyproject.toml), whatever the import package is called.
+    assert finished.stdout == f"hangup-proxy {importlib.metadata.version('hangup')}\n"
+
+
+async def test_the_start_up_line_lists_the_loaded_policy() -> None:
+    argv = proxy_argv(
+        UPSTREAM,
+        *("--cancel-route", "POST /slow=cancel", "--cancel-route", "get,HEAD /v1/chat/*=grace=2.5"),
+        *("--policy-file", POLICY_FILE, "--cancel-methods", "GET,HEAD"),
+        *("--cancel-grace", "1.5", "--deadline-header", "Request-Timeout"),
+    )
+    async with running_script(argv, "proxy_listening") as (proxy, _):
+        [line] = proxy.events("proxy_listening")
+
+    # In the order they are tried, by the names request lines and metrics give them.
+    assert list(line["cancel_routes"].items()) == [
+        ("route-1", "POST /slow=cancel"),
+        ("route-2", "GET,HEAD /v1/chat/*=grace=2.5"),
+        ("file-1", "POST /v1/chat/completions=grace=5"),
+        ("file-2", "/admin/=never"),
+    ]
+    assert (line["cancel_methods"], line["cancel_grace"], line["deadline_header"]) == (
+        "GET,HEAD",
+        1.5,
+        "Request-Timeout",
+    )
+
+
+async def test_the_start_up_line_lists_the_default_policy_when_none_is_given() -> None:
+    async with running_script(proxy_argv(UPSTREAM), "proxy_listening") as (proxy, _):
+        [line] = proxy.events("proxy_listening")
+
+    assert line["cancel_routes"] == {}
+    assert line["cancel_methods"] == "GET,HEAD,OPTIONS,TRACE"
+    assert (line["cancel_grace"], line["deadline_header"]) == (0.0, None)
 
 
 def assert_one_error_line(finished: subprocess.CompletedProcess[str]) -> str:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import re
 import signal
+import subprocess
+from pathlib import Path
 
 import pytest
+import uvicorn.config
 
 from demo_backend.cancel_methods import ENV_VAR
+from demo_backend.canceller import LOGGER_NAME
 from demo_backend.cli import main, parse_options
+from tests.log_configs import cancel_line, with_cancel_logger
 from tests.support import (
     LOOPBACK,
     RawConnection,
@@ -115,17 +122,27 @@ async def test_console_script_cancels_a_get_and_finishes_a_post_on_hangup(http: 
         await process.wait_for_event("slow_completed", request_id="cli-post")
 
     assert (cancelled["method"], cancelled["path"], cancelled["level"]) == ("GET", "/slow", "info")
+    # The protocol logs through stdlib logging; the project's pipeline renders it like its own.
+    assert cancelled["logger"] == LOGGER_NAME
     assert process.events("handler_cancelled") == [cancelled]
     output = "\n".join(process.raw_lines)
     assert "Traceback" not in output
     assert "Exception in ASGI application" not in output
 
 
-async def test_plain_uvicorn_cli_takes_the_protocol_and_its_policy_from_the_environment() -> None:
+async def test_plain_uvicorn_cli_takes_the_protocol_and_its_policy_from_the_environment(
+    tmp_path: Path,
+) -> None:
+    # Without a handler for hangup.cancel, plain uvicorn (like any stdlib logging set-up) drops
+    # its INFO records: the log config gives it one.
+    log_config = tmp_path / "logging.json"
+    log_config.write_text(json.dumps(with_cancel_logger(uvicorn.config.LOGGING_CONFIG)))
     argv = [
         script_path("uvicorn"),
         "--http",
         "demo_backend.protocol:CancellingH11Protocol",
+        "--log-config",
+        str(log_config),
         "--factory",
         "demo_backend.app:create_app",
         "--port",
@@ -141,8 +158,16 @@ async def test_plain_uvicorn_cli_takes_the_protocol_and_its_policy_from_the_envi
         await connection.send(request_bytes("POST", "/slow?seconds=30", headers, b"data"))
         await process.wait_for_text(lambda line: "slow_started" in line and "uvicorn-post" in line)
         connection.hang_up("fin")
-        await process.wait_for_text(
-            lambda line: "handler_cancelled" in line and "uvicorn-post" in line
-        )
+        await process.wait_for_text(lambda line: line == cancel_line("uvicorn-post", "POST"))
     finally:
         await process.stop()
+
+
+def test_version_prints_the_script_and_the_installed_distribution_version() -> None:
+    finished = subprocess.run(
+        [script_path(BACKEND), "--version"], capture_output=True, text=True, timeout=30, check=False
+    )
+
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout == f"{BACKEND} {importlib.metadata.version('hangup')}\n"
+    assert finished.stderr == ""

@@ -149,6 +149,12 @@ def test_compose_starts_hangup_after_a_healthy_backend_and_waits_out_its_drain(
         assert service["build"] == {"context": ".", "network": "host"}
 
 
+def test_the_compose_backend_carries_out_the_proxys_decision(compose: dict[str, Any]) -> None:
+    backend = compose["services"]["backend"]
+
+    assert backend["environment"]["HANGUP_TRUST_DECISION_HEADER"] == "1"
+
+
 # --- Kubernetes ----------------------------------------------------------------------------------
 
 
@@ -201,6 +207,15 @@ def test_every_container_has_resources_and_the_grace_period_covers_the_drain(nam
 
     assert all(container["resources"]["requests"] for container in containers)
     assert pod["terminationGracePeriodSeconds"] > DRAIN_TIMEOUT + 5  # + the preStop pause
+
+
+@pytest.mark.parametrize("name", ["deployment.yaml", "deployment-two-containers.yaml"])
+def test_the_loopback_only_backend_carries_out_the_proxys_decision(name: str) -> None:
+    pod = load_deployment(name)["spec"]["template"]["spec"]
+    [backend] = [container for container in pod["containers"] if container["name"] == "backend"]
+
+    assert backend["args"][:2] == ["--host", "127.0.0.1"]  # what makes trusting it safe
+    assert "--trust-decision-header" in backend["args"]
 
 
 def test_the_service_points_at_hangup_not_at_the_backend() -> None:

@@ -12,7 +12,13 @@ from tests.conftest import ProxyFactory
 from tests.raw_upstream import RawUpstream, answer_with, response_bytes
 from tests.support import WAIT, RawConnection, exchange, request_bytes
 
-PROXY_ADDED = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"}
+PROXY_ADDED = {
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+    "hangup-decision",
+}
 
 
 async def test_request_target_is_forwarded_byte_for_byte(

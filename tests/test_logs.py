@@ -7,10 +7,19 @@ reconfiguring inside the test process would detach the other tests' log capture.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from tests.support import run_python
+from tests.raw_upstream import RawUpstream
+from tests.support import (
+    LOOPBACK,
+    RawConnection,
+    ScriptProcess,
+    request_bytes,
+    run_python,
+    script_path,
+)
 
 SCRIPT = """
 import logging, sys, structlog
@@ -48,3 +57,34 @@ def test_console_format_is_one_readable_line_per_event() -> None:
     assert "request" in lines[0]
     assert "status=499" in lines[0]
     assert "Error handling request from 127.0.0.1" in lines[1]
+
+
+async def test_the_proxys_console_request_line_starts_with_status_method_path_and_duration(
+    upstream: RawUpstream,
+) -> None:
+    proxy = await ScriptProcess.start(
+        [
+            script_path("hangup-proxy"),
+            *("--listen", f"{LOOPBACK}:0", "--upstream", upstream.url, "--log-format", "console"),
+        ]
+    )
+    try:
+        listening = await proxy.wait_for_text(lambda text: " proxy_listening " in text)
+        port = re.search(r" port=(\d+)", listening)
+        assert port is not None, listening
+        client = await RawConnection.open(int(port.group(1)))
+        await client.send(request_bytes("GET", "/reports/7?x=1", [("X-Request-ID", "c-1")]))
+        assert (await client.read_response()).status == 200
+        await client.close()
+        line = await proxy.wait_for_text(lambda text: "request_id=c-1" in text)
+    finally:
+        await proxy.stop()
+
+    # "<time> [info     ] request    status=200 method=GET ...", one line, no colours.
+    head, _, fields = line.partition("] request ")
+    assert head.endswith("[info     "), line
+    keys = re.findall(r"(?:^| )(\w+)=", fields.strip())
+    assert keys[:4] == ["status", "method", "path", "duration_ms"], line
+    assert keys[4:] == sorted(keys[4:]) == ["client", "outcome", "request_id", "upstream_status"]
+    assert fields.split()[:3] == ["status=200", "method=GET", "path=/reports/7"], line
+    assert "\x1b[" not in line

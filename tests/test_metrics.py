@@ -9,11 +9,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from aiohttp import ClientSession
 
 from proxy.config import HostPort
 from proxy.metrics import ABORTED, CANCEL_PROPAGATION_BUCKETS, REJECTION_REASONS
 from proxy.server import RunningProxy
-from tests.admin_support import Scrape, scrape
+from tests.admin_support import Scrape, admin_get, scrape
 from tests.conftest import ProxyFactory
 from tests.raw_upstream import RawUpstream, ReceivedRequest, UpstreamConnection, response_bytes
 from tests.support import LOOPBACK, WAIT, RawConnection, request_bytes, watch_logs
@@ -58,6 +59,7 @@ async def test_every_metric_is_exported_with_its_label_values_before_any_request
         "hangup_upstream_cancellations_total",
         "hangup_upstream_connect_errors_total",
         "hangup_upstream_timeouts_total",
+        "hangup_invalid_deadline_headers_total",
         "hangup_active_requests",
         "hangup_cancel_propagation_seconds_count",
         "hangup_request_duration_seconds_count",
@@ -210,3 +212,35 @@ async def test_two_proxies_in_one_process_keep_separate_counts(
 
     assert first_metrics.value("hangup_requests_total", outcome="completed") == 1
     assert second_metrics.value("hangup_requests_total", outcome="completed") == 0
+
+
+async def test_metrics_carry_no_created_series_in_either_format(
+    upstream: RawUpstream, with_admin: Callable[..., Any]
+) -> None:
+    upstream.answer = HeldAnswer()
+    async with with_admin(upstream.url) as (proxy, admin_port):
+        # A hang-up, so the labelled children made on demand exist too, and the decision counter.
+        client = await RawConnection.open(proxy.address.port)
+        with watch_logs() as logs:
+            await client.send(request_bytes("GET", "/slow"))
+            await upstream.wait_requests(1)
+            client.hang_up("rst")
+            await logs.wait_for("request")
+        text = (await admin_get(admin_port, "/metrics")).text
+        async with (
+            asyncio.timeout(WAIT),
+            ClientSession() as session,
+            session.get(
+                f"http://{LOOPBACK}:{admin_port}/metrics",
+                headers={"Accept": "application/openmetrics-text; version=1.0.0"},
+            ) as response,
+        ):
+            assert response.content_type == "application/openmetrics-text"
+            openmetrics = await response.text()
+
+    decisions = 'hangup_policy_decisions_total{action="cancel",rule="default"} 1.0'
+    assert decisions in text
+    assert "hangup_hangup_decisions" not in text  # the old name is gone
+    for exposition in (text, openmetrics):
+        assert "hangup_requests_total" in exposition
+        assert [line for line in exposition.splitlines() if "_created" in line] == []

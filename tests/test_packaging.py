@@ -45,3 +45,5 @@ def test_the_wheel_holds_both_packages_and_both_console_scripts(tmp_path: Path) 
     ):
         assert module in names, module
     assert not any(name.startswith("tests/") for name in names)
+    # pyproject.toml's license-files: the MIT text travels with the metadata (PEP 639).
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)

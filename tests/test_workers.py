@@ -141,6 +141,7 @@ async def test_both_workers_serve_and_admin_metrics_sum_what_each_served(
         metrics = await scrape_when(
             running.admin, "hangup_requests_total", len(served), outcome="completed"
         )
+        exposition = (await admin_get(running.admin, "/metrics")).text
         readiness = await admin_get(running.admin, "/readyz")
 
     assert len(set(running.pids)) == WORKERS
@@ -149,6 +150,8 @@ async def test_both_workers_serve_and_admin_metrics_sum_what_each_served(
     assert metrics.value("hangup_request_duration_seconds_count") == len(served)
     assert metrics.value("hangup_workers_listening") == WORKERS
     assert metrics.value("hangup_active_requests") == 0
+    # Neither the workers' files nor the supervisor's own counters add _created series (issue 14).
+    assert [line for line in exposition.splitlines() if "_created" in line] == []
     assert (readiness.status, readiness.text) == (200, "ready\n")
     # Workers open no admin listener of their own: one admin_listening line, the supervisor's.
     [admin_line] = running.process.events("admin_listening")
@@ -370,6 +373,8 @@ def test_workers_that_cannot_start_end_the_supervisor_with_one_error_line(
     assert len(lines) == 1, finished.stderr
     assert lines[0].startswith("hangup-proxy: error: worker ")
     assert lines[0].endswith("exited with 3 before it was listening")
+    # A worker that exits before it listens is reported by its exit status, never as a time-out.
+    assert "worker_start_timeout" not in finished.stdout
 
 
 async def test_a_slot_whose_restarts_keep_failing_backs_off_then_the_supervisor_gives_up(
@@ -392,6 +397,7 @@ async def test_a_slot_whose_restarts_keep_failing_backs_off_then_the_supervisor_
     starts = [line for line in process.events("worker_started") if line["worker"] == slot][1:]
     assert len(failed) == MAX_FAILED_STARTS
     assert all(line["exit_status"] == 3 and not line["listening"] for line in failed)
+    assert not process.events("worker_start_timeout")
     # Each restart waited at least its back-off after the exit before it (no hot loop).
     exits = [process.events("worker_exited")[0], *failed]
     for number, (exit_line, start_line) in enumerate(zip(exits, starts, strict=False)):

@@ -19,6 +19,8 @@ import sqlite3
 import threading
 import time
 
+import anyio
+
 # One statement: count a recursive sequence, ~0.1 s of CPU on the 2-core CI machines. The loop
 # below repeats it until the requested time is up, so ``seconds`` sizes the work.
 STATEMENT = (
@@ -66,7 +68,10 @@ async def interruptible_query(seconds: float) -> int:
     except asyncio.CancelledError:
         stop.set()
         connection.interrupt()
-        with contextlib.suppress(QueryInterrupted):
+        # The protocol cancels through an anyio cancel scope, which re-delivers its cancellation
+        # at every await until the handler leaves it (trio's semantics): the join is shielded, or
+        # it would be cut short at once and the handler would end before its thread.
+        with anyio.CancelScope(shield=True), contextlib.suppress(QueryInterrupted):
             await worker
         raise
     finally:

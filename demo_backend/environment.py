@@ -1,0 +1,27 @@
+"""Settings read from the environment at import, where a bad value can only end the process.
+
+``demo_backend.protocol`` reads its policy when uvicorn imports the ``--http`` class, inside
+``Config.load``. An exception there reaches the operator as a traceback through uvicorn and
+asyncio, with the one line that matters at the bottom. A bad value is the operator's mistake, not
+a bug: it is reported as the CLIs report a bad flag, one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+USAGE_ERROR = 2
+
+T = TypeVar("T")
+
+
+def value_or_exit(read: Callable[[], T]) -> T:
+    """``read()``; on ``ValueError`` (whose message names the variable), one line and exit 2."""
+    try:
+        return read()
+    except ValueError as exc:
+        # SystemExit passes through uvicorn's Config.load and asyncio.run without a traceback.
+        sys.stderr.write(f"hangup: {exc}\n")
+        raise SystemExit(USAGE_ERROR) from None
