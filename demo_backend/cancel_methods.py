@@ -9,13 +9,15 @@ state half-changed. ``*`` opts every method in.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from proxy import policy as proxy_policy
 from proxy.config import parse_bool
 from proxy.decision_header import TRUST_VAR
 
 ENV_VAR = "HANGUP_CANCEL_METHODS"
+_T = TypeVar("_T")
 ALL_METHODS = proxy_policy.ALL_METHODS
 DEFAULT_CANCEL_METHODS: frozenset[str] = proxy_policy.DEFAULT_CANCEL_METHODS
 
@@ -30,15 +32,20 @@ def parse_cancel_methods(text: str) -> frozenset[str]:
     return frozenset({ALL_METHODS}) if policy.methods is None else policy.methods
 
 
+def _from_env(environ: Mapping[str, str], name: str, parse: Callable[[str], _T], default: _T) -> _T:
+    """``parse`` of the variable ``name`` when it is set, else ``default``; errors name it."""
+    text = environ.get(name)
+    if text is None:
+        return default
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
 def cancel_methods_from_env(environ: Mapping[str, str] = os.environ) -> frozenset[str]:
     """The methods named by ``HANGUP_CANCEL_METHODS`` when it is set, else the default."""
-    text = environ.get(ENV_VAR)
-    if text is None:
-        return DEFAULT_CANCEL_METHODS
-    try:
-        return parse_cancel_methods(text)
-    except ValueError as exc:
-        raise ValueError(f"{ENV_VAR}: {exc}") from None
+    return _from_env(environ, ENV_VAR, parse_cancel_methods, DEFAULT_CANCEL_METHODS)
 
 
 def trust_decision_header_from_env(environ: Mapping[str, str] = os.environ) -> bool:
@@ -47,13 +54,7 @@ def trust_decision_header_from_env(environ: Mapping[str, str] = os.environ) -> b
     Off by default: only a backend that nothing but hangup can reach may trust it
     (``proxy.decision_header``).
     """
-    text = environ.get(TRUST_VAR)
-    if text is None:
-        return False
-    try:
-        return parse_bool(text)
-    except ValueError as exc:
-        raise ValueError(f"{TRUST_VAR}: {exc}") from None
+    return _from_env(environ, TRUST_VAR, parse_bool, False)
 
 
 def should_cancel(method: str, cancel_methods: frozenset[str]) -> bool:

@@ -11,6 +11,7 @@ import importlib.util
 import os
 import sys
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn, cast
 
@@ -219,22 +220,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flag_or_env(
+    parser: argparse.ArgumentParser, flag: str | None, var: str, parse: Callable[[str], str]
+) -> str | None:
+    """The flag's value, else the non-empty variable ``var`` parsed; a bad one exits 2."""
+    if flag is not None or not os.environ.get(var):
+        return flag
+    try:
+        return parse(os.environ[var])
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"{var}: {exc}")
+
+
 def parse_options(argv: list[str] | None) -> BackendOptions:
     """Flags (then ``HANGUP_CANCEL_METHODS``) to options; exits 2 with one line when invalid."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    postgres_dsn = args.postgres_dsn
-    if postgres_dsn is None and os.environ.get(POSTGRES_DSN_VAR):
-        try:
-            postgres_dsn = _postgres_dsn(os.environ[POSTGRES_DSN_VAR])
-        except argparse.ArgumentTypeError as exc:
-            parser.error(f"{POSTGRES_DSN_VAR}: {exc}")
-    downstream = args.downstream
-    if downstream is None and os.environ.get(DOWNSTREAM_VAR):
-        try:
-            downstream = _downstream(os.environ[DOWNSTREAM_VAR])
-        except argparse.ArgumentTypeError as exc:
-            parser.error(f"{DOWNSTREAM_VAR}: {exc}")
+    postgres_dsn = _flag_or_env(parser, args.postgres_dsn, POSTGRES_DSN_VAR, _postgres_dsn)
+    downstream = _flag_or_env(parser, args.downstream, DOWNSTREAM_VAR, _downstream)
     # Checked even when --cancel-methods overrides it: demo_backend.protocol reads the variable at
     # import, and a bad value must surface here as one line rather than as a traceback later.
     try:
