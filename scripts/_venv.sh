@@ -1,7 +1,7 @@
 # Sourced by scripts/demo and scripts/check: make sure .venv exists and holds this checkout.
 # The sourcing script sets VENV_FOR first: "demo" needs hangup and its dependencies only (about
 # 100 MB); "check" adds the [test] extra (pytest, ruff, mypy, the deploy linters: about 280 MB
-# MB more). One .venv serves both: a venv that has the test tools keeps them, so scripts/demo
+# more). One .venv serves both: a venv that has the test tools keeps them, so scripts/demo
 # after scripts/check installs nothing, and scripts/check after scripts/demo adds only the tools.
 # Re-installs only when pyproject.toml changed or more is needed, so a second run starts in a
 # second.
