@@ -9,15 +9,14 @@ state half-changed. ``*`` opts every method in.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from typing import TypeVar
+from collections.abc import Mapping
 
+from demo_backend.environment import from_env
 from proxy import policy as proxy_policy
 from proxy.config import parse_bool
 from proxy.decision_header import TRUST_VAR
 
 ENV_VAR = "HANGUP_CANCEL_METHODS"
-_T = TypeVar("_T")
 ALL_METHODS = proxy_policy.ALL_METHODS
 DEFAULT_CANCEL_METHODS: frozenset[str] = proxy_policy.DEFAULT_CANCEL_METHODS
 
@@ -32,20 +31,9 @@ def parse_cancel_methods(text: str) -> frozenset[str]:
     return frozenset({ALL_METHODS}) if policy.methods is None else policy.methods
 
 
-def _from_env(environ: Mapping[str, str], name: str, parse: Callable[[str], _T], default: _T) -> _T:
-    """``parse`` of the variable ``name`` when it is set, else ``default``; errors name it."""
-    text = environ.get(name)
-    if text is None:
-        return default
-    try:
-        return parse(text)
-    except ValueError as exc:
-        raise ValueError(f"{name}: {exc}") from None
-
-
 def cancel_methods_from_env(environ: Mapping[str, str] = os.environ) -> frozenset[str]:
     """The methods named by ``HANGUP_CANCEL_METHODS`` when it is set, else the default."""
-    return _from_env(environ, ENV_VAR, parse_cancel_methods, DEFAULT_CANCEL_METHODS)
+    return from_env(environ, ENV_VAR, parse_cancel_methods, DEFAULT_CANCEL_METHODS)
 
 
 def trust_decision_header_from_env(environ: Mapping[str, str] = os.environ) -> bool:
@@ -54,7 +42,7 @@ def trust_decision_header_from_env(environ: Mapping[str, str] = os.environ) -> b
     Off by default: only a backend that nothing but hangup can reach may trust it
     (``proxy.decision_header``).
     """
-    return _from_env(environ, TRUST_VAR, parse_bool, False)
+    return from_env(environ, TRUST_VAR, parse_bool, False)
 
 
 def should_cancel(method: str, cancel_methods: frozenset[str]) -> bool:

@@ -74,7 +74,6 @@ class InFlightRequest:
     request_id: str
     cancellable: bool
     response_complete: bool = False
-    cancelled_on_hangup: bool = False
     hung_up: threading.Event = field(default_factory=threading.Event)
     """Set with the cancel: what a thread of this request reads (``demo_backend.hangup_signal``)."""
     cancel_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
@@ -95,7 +94,11 @@ class InFlightRequest:
         # task unwound and logged handler_cancelled while the thread was still working. The scope's
         # cancel is held until the thread returns, then delivered at the next await.
         self.cancel_scope.cancel(HANGUP_CANCEL_MESSAGE)
-        self.cancelled_on_hangup = True
+
+    @property
+    def cancelled_on_hangup(self) -> bool:
+        # Only cancel_on_hangup cancels this scope: the scope itself remembers it.
+        return self.cancel_scope.cancel_called
 
     def watch(self, send: Send) -> Send:
         async def watched_send(message: Message) -> None:

@@ -6,7 +6,6 @@ Flags are validated before anything starts; a bad one ends in one line on stderr
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import importlib.util
 import os
 import sys
@@ -25,20 +24,20 @@ from demo_backend.cancel_methods import (
     parse_cancel_methods,
     trust_decision_header_from_env,
 )
+from demo_backend.environment import USAGE_ERROR
 from demo_backend.server import BackendServer
 from demo_backend.work.routes import WorkSettings
 from proxy.config import parse_bool
 from proxy.decision_header import DECISION_HEADER, TRUST_VAR
 from proxy.logs import LOG_FORMATS, LogFormat, configure_logging
+from proxy.provenance import hangup_version
 
 if TYPE_CHECKING:
     from demo_backend.protocol import HttpImplementation
 
 PROG = "hangup-demo-backend"
-DISTRIBUTION = "hangup"  # [project] name in pyproject.toml
 HTTP_IMPLEMENTATIONS = ("h11", "httptools")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-USAGE_ERROR = 2
 POSTGRES_DSN_VAR = "HANGUP_DEMO_POSTGRES_DSN"
 DOWNSTREAM_VAR = "HANGUP_DEMO_DOWNSTREAM"
 
@@ -154,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version",
         action="version",
-        version=f"{PROG} {importlib.metadata.version(DISTRIBUTION)}",
+        version=f"{PROG} {hangup_version()}",
         help="print hangup-demo-backend and the installed version, then exit",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

@@ -1,4 +1,5 @@
-"""Settings read from the environment at import, where a bad value can only end the process.
+"""Settings read from the environment: each error names its variable (``from_env``), and a bad
+value read at import can only end the process (``value_or_exit``).
 
 ``demo_backend.protocol`` reads its policy when uvicorn imports the ``--http`` class, inside
 ``Config.load``. An exception there reaches the operator as a traceback through uvicorn and
@@ -9,12 +10,23 @@ a bug: it is reported as the CLIs report a bad flag, one line on stderr and exit
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 USAGE_ERROR = 2
 
 T = TypeVar("T")
+
+
+def from_env(environ: Mapping[str, str], name: str, parse: Callable[[str], T], default: T) -> T:
+    """``parse`` of the variable ``name`` when it is set, else ``default``; errors name it."""
+    text = environ.get(name)
+    if text is None:
+        return default
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 def value_or_exit(read: Callable[[], T]) -> T:

@@ -29,9 +29,8 @@ from proxy.config import (
     parse_workers,
 )
 from proxy.logs import LOG_FORMATS, configure_logging
-from proxy.metrics import hangup_version
 from proxy.policy import parse_cancel_methods
-from proxy.provenance import check_package
+from proxy.provenance import check_package, hangup_version
 from proxy.routes import load_policy_file, parse_rules
 from proxy.server import ListenError, run
 from proxy.supervisor import WorkersError, run_supervisor

@@ -19,7 +19,6 @@ them off (issue 14). The multiprocess collector never writes them.
 
 from __future__ import annotations
 
-import importlib.metadata
 import platform
 import time
 
@@ -33,6 +32,7 @@ from prometheus_client import (
 )
 
 from proxy.exchange import Exchange, Outcome, Phase
+from proxy.provenance import hangup_version
 
 # A hang-up travels from the handler's cancellation to a closed socket within one loop turn or a
 # few: sub-millisecond buckets, with a tail for a loop that is busy.
@@ -55,14 +55,6 @@ UPSTREAM_CONNECT_FAILED = "upstream_connect_failed"
 REJECTION_REASONS = ("unsupported_expectation", "bad_request_body")
 """Why the proxy refused to forward a request (``Outcome.CLIENT_ERROR`` reasons)."""
 OTHER = "other"
-
-
-def hangup_version() -> str:
-    """The installed ``hangup`` distribution's version (``hangup_build_info``, ``--version``)."""
-    try:
-        return importlib.metadata.version("hangup")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a bare checkout
-        return "unknown"
 
 
 def register_build_info(registry: CollectorRegistry) -> None:

@@ -21,11 +21,13 @@ costs an attribute look-up. The other ways fail a case:
   hangup's modules are there, not that the package imported is hangup's.
 
 Only once the marker is missing is the metadata read, to name the culprit: the distributions other
-than hangup whose ``RECORD`` lists ``proxy/__init__.py``.
+than hangup whose ``RECORD`` lists ``proxy/__init__.py``. The installed distribution's version
+(``hangup_version``) is read here too, once per process.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterable
 from importlib import metadata
@@ -34,6 +36,18 @@ from types import ModuleType
 
 OWNER = "hangup"
 INIT = "proxy/__init__.py"
+
+
+@functools.cache
+def hangup_version() -> str:
+    """The installed ``OWNER`` distribution's version (``--version``, ``hangup_build_info``).
+
+    Cached: the metadata is read once per process, not once per caller.
+    """
+    try:
+        return metadata.version(OWNER)
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a bare checkout
+        return "unknown"
 
 
 def is_hangups(package: ModuleType) -> bool:

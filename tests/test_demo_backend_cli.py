@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import re
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
-import uvicorn.config
 
 from demo_backend.cancel_methods import ENV_VAR
 from demo_backend.canceller import LOGGER_NAME
 from demo_backend.cli import main, parse_options
-from tests.log_configs import cancel_line, with_cancel_logger
+from tests.log_configs import cancel_line, plain_uvicorn_argv
 from tests.support import (
     LOOPBACK,
     RawConnection,
@@ -135,19 +133,7 @@ async def test_plain_uvicorn_cli_takes_the_protocol_and_its_policy_from_the_envi
 ) -> None:
     # Without a handler for hangup.cancel, plain uvicorn (like any stdlib logging set-up) drops
     # its INFO records: the log config gives it one.
-    log_config = tmp_path / "logging.json"
-    log_config.write_text(json.dumps(with_cancel_logger(uvicorn.config.LOGGING_CONFIG)))
-    argv = [
-        script_path("uvicorn"),
-        "--http",
-        "demo_backend.protocol:CancellingH11Protocol",
-        "--log-config",
-        str(log_config),
-        "--factory",
-        "demo_backend.app:create_app",
-        "--port",
-        "0",
-    ]
+    argv = plain_uvicorn_argv("CancellingH11Protocol", tmp_path)
     process = await ScriptProcess.start(argv, env={ENV_VAR: "POST"})
     try:
         running = await process.wait_for_text(lambda line: "Uvicorn running on" in line)

@@ -9,18 +9,16 @@ format the host's logging configuration gave it.
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import sys
 from pathlib import Path
 
 import pytest
-import uvicorn.config
 from gunicorn.glogging import CONFIG_DEFAULTS
 
 from demo_backend.cancel_methods import ENV_VAR
-from tests.log_configs import cancel_line, with_cancel_logger
+from tests.log_configs import cancel_line, plain_uvicorn_argv, with_cancel_logger
 from tests.support import (
     HANGUP_KINDS,
     HangupKind,
@@ -140,19 +138,7 @@ async def test_programmatic_uvicorn_with_the_cancelling_protocol_cancels_a_get_o
 async def test_plain_uvicorn_cli_logs_the_cancel_in_the_format_of_its_log_config(
     tmp_path: Path,
 ) -> None:
-    log_config = tmp_path / "logging.json"
-    log_config.write_text(json.dumps(with_cancel_logger(uvicorn.config.LOGGING_CONFIG)))
-    argv = [
-        script_path("uvicorn"),
-        "--http",
-        "demo_backend.protocol:CancellingHttpToolsProtocol",
-        "--log-config",
-        str(log_config),
-        "--factory",
-        "demo_backend.app:create_app",
-        "--port",
-        "0",
-    ]
+    argv = plain_uvicorn_argv("CancellingHttpToolsProtocol", tmp_path)
     process = await ScriptProcess.start(argv)
     try:
         port = await port_from(process, r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
@@ -166,15 +152,7 @@ async def test_plain_uvicorn_cli_logs_the_cancel_in_the_format_of_its_log_config
 
 
 async def test_a_bad_cancel_methods_variable_under_plain_uvicorn_is_one_line_and_exit_2() -> None:
-    argv = [
-        script_path("uvicorn"),
-        "--http",
-        "demo_backend.protocol:CancellingH11Protocol",
-        "--factory",
-        "demo_backend.app:create_app",
-        "--port",
-        "0",
-    ]
+    argv = plain_uvicorn_argv("CancellingH11Protocol")
     process = await ScriptProcess.start(argv, env={ENV_VAR: "GET,P OST"})
     code = await process.wait_exit()
 
