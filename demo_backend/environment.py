@@ -4,7 +4,12 @@ value read at import can only end the process (``value_or_exit``).
 ``demo_backend.protocol`` reads its policy when uvicorn imports the ``--http`` class, inside
 ``Config.load``. An exception there reaches the operator as a traceback through uvicorn and
 asyncio, with the one line that matters at the bottom. A bad value is the operator's mistake, not
-a bug: it is reported as the CLIs report a bad flag, one line on stderr and exit status 2.
+a bug: it is reported as one line on stderr, with uvicorn's own status for a configuration that
+cannot start (``STARTUP_FAILURE``, 3, as for an app it cannot import). That status matters under
+``uvicorn --workers N``: its supervisor stops on a child that exits with it, and restarts a child
+that exits with any other, which for a bad variable would be a restart loop
+(uvicorn/supervisors/multiprocess.py, encode/uvicorn discussion #2440). The CLIs report a bad flag
+with argparse's status 2 (``USAGE_ERROR``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Mapping
 from typing import TypeVar
+
+from uvicorn.config import STARTUP_FAILURE
 
 USAGE_ERROR = 2
 
@@ -30,10 +37,10 @@ def from_env(environ: Mapping[str, str], name: str, parse: Callable[[str], T], d
 
 
 def value_or_exit(read: Callable[[], T]) -> T:
-    """``read()``; on ``ValueError`` (whose message names the variable), one line and exit 2."""
+    """``read()``; on ``ValueError`` (whose message names the variable), one line and exit 3."""
     try:
         return read()
     except ValueError as exc:
         # SystemExit passes through uvicorn's Config.load and asyncio.run without a traceback.
         sys.stderr.write(f"hangup: {exc}\n")
-        raise SystemExit(USAGE_ERROR) from None
+        raise SystemExit(STARTUP_FAILURE) from None

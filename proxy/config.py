@@ -304,6 +304,19 @@ class ProxyConfig:
         )
 
     @property
+    def policy_fields(self) -> dict[str, object]:
+        """The policy as loaded, for the start-up line: what a hang-up will do, in one place.
+
+        The rules are in the order they are tried, by the names request lines and metrics give them.
+        """
+        return {
+            "cancel_routes": {rule.name: rule.describe() for rule in self.route_policy.rules},
+            "cancel_methods": self.cancel_policy.describe(),
+            "cancel_grace": self.cancel_grace,
+            "deadline_header": self.deadline_header,
+        }
+
+    @property
     def limits(self) -> Limits:
         return Limits(
             max_uri_size=self.max_uri_size,

@@ -219,17 +219,12 @@ async def serve(
             log.info(
                 "admin_listening", host=proxy.admin_address.host, port=proxy.admin_address.port
             )
-        # The policy as loaded, so an operator can check in one line what a hang-up will do:
-        # the rules in order, by the name the request lines and metrics give them.
         log.info(
             "proxy_listening",
             host=proxy.address.host,
             port=proxy.address.port,
             upstream=config.upstream.describe(),
-            cancel_routes={rule.name: rule.describe() for rule in config.route_policy.rules},
-            cancel_methods=config.cancel_policy.describe(),
-            cancel_grace=config.cancel_grace,
-            deadline_header=config.deadline_header,
+            **config.policy_fields,
         )
         if on_listening is not None:
             on_listening(proxy)

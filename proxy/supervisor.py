@@ -333,7 +333,7 @@ class Supervisor:
                 workers=self.config.workers,
                 pids=sorted(worker.pid for worker in self.workers.values()),
                 upstream=self.config.upstream.describe(),
-                cancel_methods=self.config.cancel_policy.describe(),
+                **self.config.policy_fields,
             )
 
     # --- stopping ------------------------------------------------------------------------------

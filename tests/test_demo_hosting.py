@@ -151,12 +151,27 @@ async def test_plain_uvicorn_cli_logs_the_cancel_in_the_format_of_its_log_config
     assert process.raw_lines.count(cancel_line("cli-log-config")) == 1
 
 
-async def test_a_bad_cancel_methods_variable_under_plain_uvicorn_is_one_line_and_exit_2() -> None:
+async def test_a_bad_cancel_methods_variable_under_plain_uvicorn_is_one_line_and_exit_3() -> None:
     argv = plain_uvicorn_argv("CancellingH11Protocol")
     process = await ScriptProcess.start(argv, env={ENV_VAR: "GET,P OST"})
     code = await process.wait_exit()
 
-    assert code == 2
+    # uvicorn's STARTUP_FAILURE, the status it gives an app it cannot import.
+    assert code == 3
     assert process.raw_lines == [
         "hangup: HANGUP_CANCEL_METHODS: 'P OST' is not an HTTP method token"
     ]
+
+
+async def test_a_bad_variable_stops_uvicorn_workers_instead_of_a_restart_loop() -> None:
+    argv = [*plain_uvicorn_argv("CancellingH11Protocol"), "--workers", "2"]
+    process = await ScriptProcess.start(argv, env={ENV_VAR: "GET,P OST"})
+    await process.wait_exit()
+
+    # Each child says it once and uvicorn's supervisor stops; with any other status it restarts
+    # the children for good.
+    ours = [line for line in process.raw_lines if line.startswith("hangup: ")]
+    assert ours == ["hangup: HANGUP_CANCEL_METHODS: 'P OST' is not an HTTP method token"] * 2
+    assert any("failed to start, stopping the parent process" in line for line in process.raw_lines)
+    assert not any("died" in line for line in process.raw_lines)
+    assert not any("Traceback" in line for line in process.raw_lines)

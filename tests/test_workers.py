@@ -158,6 +158,27 @@ async def test_both_workers_serve_and_admin_metrics_sum_what_each_served(
     assert "pid" not in admin_line
 
 
+async def test_the_supervisors_start_up_line_lists_the_policy_its_workers_loaded(
+    upstream: RawUpstream,
+) -> None:
+    policy = ("--cancel-route", "POST /slow=cancel", "--cancel-grace", "0.5")
+    async with supervisor(upstream.url, *policy, "--deadline-header", "Request-Timeout") as running:
+        supervisor_line = await running.process.wait_for_event("proxy_listening", workers=WORKERS)
+        worker_lines = [
+            line for line in running.process.events("proxy_listening") if "workers" not in line
+        ]
+
+    expected = {
+        "cancel_routes": {"route-1": "POST /slow=cancel"},
+        "cancel_methods": "GET,HEAD,OPTIONS,TRACE",
+        "cancel_grace": 0.5,
+        "deadline_header": "Request-Timeout",
+    }
+    assert {key: supervisor_line[key] for key in expected} == expected
+    assert len(worker_lines) == WORKERS
+    assert all({key: line[key] for key in expected} == expected for line in worker_lines)
+
+
 async def test_a_worker_killed_with_sigkill_is_restarted_and_serving_continues(
     upstream: RawUpstream,
 ) -> None:
