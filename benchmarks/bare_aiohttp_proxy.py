@@ -215,7 +215,7 @@ def request_head(request: web.BaseRequest) -> bytes:
 
 
 async def serve(listen: tuple[str, int], upstream: tuple[str, int]) -> None:
-    # As hangup sets up its front (proxy.server.build_server), minus its gate and limits.
+    # As hangup sets up its front (proxy.serving.server.build_server), minus its gate and limits.
     server = web.Server(
         BareProxy(Pool(*upstream)).handle, handler_cancellation=True, access_log=None
     )

@@ -16,7 +16,7 @@ from collections import Counter
 
 from hypothesis import HealthCheck, given, settings
 
-from proxy.logs import configure_logging
+from proxy.logs.configure import configure_logging
 from tests.fuzz_grammar import Case, cases
 from tests.fuzz_seeds import SEEDS
 from tests.fuzz_target import FuzzTarget, check

@@ -1,9 +1,9 @@
 """``python -m benchmarks.logline``: what one canonical request line costs, before and after.
 
 Times ``Exchange.write_log_line`` on a finished exchange, output to /dev/null, in one process:
-through structlog's processor chain with a flush per line (``proxy.logline`` switched off, which
-is how every line was written before), and through ``proxy.logline`` inside a running event loop
-that ends ``--batch`` requests per turn (stdout is then written once per turn). Prints
+through structlog's processor chain with a flush per line (``proxy.logs.logline`` switched off,
+which is how every line was written before), and through ``proxy.logs.logline`` inside a running
+event loop that ends ``--batch`` requests per turn (stdout is then written once per turn). Prints
 microseconds per line, best of ``--repeat`` runs.
 """
 
@@ -20,9 +20,9 @@ from collections.abc import Callable
 
 import structlog
 
-from proxy import logline
-from proxy.exchange import Exchange, Outcome
-from proxy.logs import configure_logging
+from proxy.exchange.state import Exchange, Outcome
+from proxy.logs import logline
+from proxy.logs.configure import configure_logging
 
 REQUEST_ID = "0123456789abcdef0123456789abcdef"
 
@@ -80,13 +80,13 @@ def main(argv: list[str] | None = None) -> int:
             "timestamp, UtcTimestamps.now()": best_microseconds(
                 timestamps.now, args.number, args.repeat
             ),
-            "line, proxy.logline outside a loop (a write and a flush per line)": (
+            "line, proxy.logs.logline outside a loop (a write and a flush per line)": (
                 best_microseconds(exchange.write_log_line, args.number, args.repeat)
             ),
-            f"line, proxy.logline in a loop, {args.batch} lines per turn": in_loop_turns(
+            f"line, proxy.logs.logline in a loop, {args.batch} lines per turn": in_loop_turns(
                 exchange.write_log_line, args.batch, args.number, args.repeat
             ),
-            "line, proxy.logline in a loop, 1 line per turn": in_loop_turns(
+            "line, proxy.logs.logline in a loop, 1 line per turn": in_loop_turns(
                 exchange.write_log_line, 1, args.number // 4, args.repeat
             ),
         }

@@ -81,7 +81,7 @@ def _area(frame: str) -> str:
 
 
 def _short(frame: str) -> str:
-    """``handle (proxy/forward.py:71)`` with the site-packages prefix cut."""
+    """``handle (proxy/serving/forward.py:71)`` with the site-packages prefix cut."""
     name, _, where = frame.partition(" (")
     where = where.rstrip(")")
     for marker in ("site-packages/", "/lib/python3.11/"):

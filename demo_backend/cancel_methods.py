@@ -12,9 +12,9 @@ import os
 from collections.abc import Mapping
 
 from demo_backend.environment import from_env
-from proxy import policy as proxy_policy
-from proxy.config import parse_bool
-from proxy.decision_header import TRUST_VAR
+from proxy.policy import methods as proxy_policy
+from proxy.policy.decision_header import TRUST_VAR
+from proxy.settings.config import parse_bool
 
 ENV_VAR = "HANGUP_CANCEL_METHODS"
 ALL_METHODS = proxy_policy.ALL_METHODS
@@ -25,7 +25,7 @@ def parse_cancel_methods(text: str) -> frozenset[str]:
     """``"GET,HEAD"`` -> ``{"GET", "HEAD"}``; ``"*"`` -> ``{"*"}`` (every method); ``""`` -> none.
 
     Both halves of hangup read ``HANGUP_CANCEL_METHODS``, so the parsing is the proxy's own
-    (``proxy.policy``): names upper-cased, blanks between commas skipped, empty means never.
+    (``proxy.policy.methods``): names upper-cased, blanks between commas skipped, empty means never.
     """
     policy = proxy_policy.parse_cancel_methods(text)
     return frozenset({ALL_METHODS}) if policy.methods is None else policy.methods
@@ -40,7 +40,7 @@ def trust_decision_header_from_env(environ: Mapping[str, str] = os.environ) -> b
     """Whether ``HANGUP_TRUST_DECISION_HEADER`` says to follow the proxy's ``Hangup-Decision``.
 
     Off by default: only a backend that nothing but hangup can reach may trust it
-    (``proxy.decision_header``).
+    (``proxy.policy.decision_header``).
     """
     return from_env(environ, TRUST_VAR, parse_bool, False)
 

@@ -4,7 +4,7 @@ One ``ConnectionCanceller`` wraps the ASGI app for one HTTP connection (see ``pr
 how it is installed and why). It is a pure-ASGI middleware in Starlette's four-part shape: it
 records each HTTP request's task, watches ``send`` for the end of the response, and on
 ``connection_lost`` cancels only the requests that are still answering and that the policy lets
-it cancel: the proxy's ``Hangup-Decision`` when trusted (``proxy.decision_header``), else the
+it cancel: the proxy's ``Hangup-Decision`` when trusted (``proxy.policy.decision_header``), else the
 method list. It swallows exactly the cancellations it caused.
 """
 
@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from demo_backend import hangup_signal
 from demo_backend.cancel_methods import should_cancel
 from demo_backend.request_id import request_id_from_headers
-from proxy.decision_header import decided_cancellable
+from proxy.policy.decision_header import decided_cancellable
 
 HANGUP_CANCEL_MESSAGE = "client hung up"
 
@@ -43,9 +43,9 @@ LOGGER_NAME = "hangup.cancel"
 
 A library logs through ``logging`` and leaves handlers to the application: under plain uvicorn
 the record follows ``--log-config`` (or the app's ``dictConfig``); ``hangup-demo-backend`` routes
-it through its structlog pipeline (``proxy.logs``), where the record's ``event`` extra names the
-JSON line. Each record carries ``request_id``, ``method`` and ``path`` as attributes, for format
-strings such as ``%(request_id)s``.
+it through its structlog pipeline (``proxy.logs.configure``), where the record's ``event`` extra
+names the JSON line. Each record carries ``request_id``, ``method`` and ``path`` as attributes, for
+format strings such as ``%(request_id)s``.
 """
 _log = logging.getLogger(LOGGER_NAME)
 HANDLER_CANCELLED = "handler_cancelled"

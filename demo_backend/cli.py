@@ -27,10 +27,10 @@ from demo_backend.cancel_methods import (
 from demo_backend.environment import USAGE_ERROR
 from demo_backend.server import BackendServer
 from demo_backend.work.routes import WorkSettings
-from proxy.config import parse_bool
-from proxy.decision_header import DECISION_HEADER, TRUST_VAR
-from proxy.logs import LOG_FORMATS, LogFormat, configure_logging
-from proxy.provenance import hangup_version
+from proxy.logs.configure import LOG_FORMATS, LogFormat, configure_logging
+from proxy.observability.provenance import hangup_version
+from proxy.policy.decision_header import DECISION_HEADER, TRUST_VAR
+from proxy.settings.config import parse_bool
 
 if TYPE_CHECKING:
     from demo_backend.protocol import HttpImplementation
@@ -58,7 +58,7 @@ class BackendOptions:
     """Methods cancelled on hang-up (``*`` = all). Default GET,HEAD,OPTIONS,TRACE."""
     trust_decision_header: bool
     """Follow the proxy's ``Hangup-Decision`` header where a request carries one. Default off:
-    only safe when every client comes through hangup (``proxy.decision_header``)."""
+    only safe when every client comes through hangup (``proxy.policy.decision_header``)."""
     limit_concurrency: int | None
     """uvicorn's limit on connections and on tasks; beyond it, 503. Default None: no limit."""
     timeout_graceful_shutdown: int | None

@@ -2,7 +2,7 @@
 
 Use them from the command line with any ASGI app (``HANGUP_CANCEL_METHODS`` sets the policy, and
 ``HANGUP_TRUST_DECISION_HEADER=1`` makes the proxy's per-request decision win, see
-``proxy.decision_header``)::
+``proxy.policy.decision_header``)::
 
     uvicorn --http demo_backend.protocol:CancellingHttpToolsProtocol yourapp:app
 

@@ -14,27 +14,27 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from proxy.config import (
+from proxy.logs.configure import LOG_FORMATS, configure_logging
+from proxy.observability.provenance import check_package, hangup_version
+from proxy.policy.methods import parse_cancel_methods
+from proxy.policy.routes import load_policy_file, parse_rules
+from proxy.serving.server import ListenError, run
+from proxy.settings.config import (
     ProxyConfig,
     parse_bool,
     parse_buffer_size,
     parse_count,
     parse_grace,
     parse_header_name,
-    parse_host_port,
     parse_optional_size,
     parse_seconds,
     parse_size,
-    parse_upstream,
     parse_workers,
 )
-from proxy.logs import LOG_FORMATS, configure_logging
-from proxy.policy import parse_cancel_methods
-from proxy.provenance import check_package, hangup_version
-from proxy.routes import load_policy_file, parse_rules
-from proxy.server import ListenError, run
-from proxy.supervisor import WorkersError, run_supervisor
-from proxy.worker import WorkerAssignment, run_worker
+from proxy.upstream.address import parse_upstream
+from proxy.wire.address import parse_host_port
+from proxy.workers.supervisor import WorkersError, run_supervisor
+from proxy.workers.worker import WorkerAssignment, run_worker
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -365,7 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
     config = parse_config(arguments, os.environ)
     configure_logging(config.log_format, config.log_level)
-    # Set only by a supervisor for the workers it starts (proxy.supervisor, proxy.worker).
+    # Set only by a supervisor for the workers it starts (proxy.workers.supervisor,
+    # proxy.workers.worker).
     assignment = WorkerAssignment.from_environ(os.environ)
     try:
         if assignment is not None:

@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 import uvloop
 
-from proxy.config import HostPort, ProxyConfig, parse_upstream
-from proxy.logs import configure_logging
-from proxy.server import RunningProxy, running_proxy
+from proxy.logs.configure import configure_logging
+from proxy.serving.server import RunningProxy, running_proxy
+from proxy.settings.config import ProxyConfig
+from proxy.upstream.address import parse_upstream
+from proxy.wire.address import HostPort
 from tests.postgres_server import PostgresMissing, find_installation, running_postgres
 from tests.raw_upstream import RawUpstream
 from tests.support import LOOPBACK
@@ -37,9 +39,9 @@ def pytest_asyncio_loop_factories(
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
     """A test that runs the proxy in its own loop (``start_proxy``) runs on both loops.
 
-    Production runs uvloop (``proxy.server.run``), asyncio's loop is the reference, and the two
-    differ where it matters here: transports, write errors, the order of callbacks in a turn. Tests
-    that start the console scripts run uvloop already; the rest do not depend on the loop.
+    Production runs uvloop (``proxy.serving.server.run``), asyncio's loop is the reference, and the
+    two differ where it matters here: transports, write errors, the order of callbacks in a turn.
+    Tests that start the console scripts run uvloop already; the rest do not depend on the loop.
     """
     return _BOTH_LOOPS if "start_proxy" in getattr(item, "fixturenames", ()) else _ASYNCIO_ONLY
 
@@ -72,7 +74,7 @@ def proxy_config() -> Callable[..., ProxyConfig]:
 
 @pytest.fixture
 def start_proxy(proxy_config: Callable[..., ProxyConfig]) -> ProxyFactory:
-    """Start the proxy exactly as the entry point does (``proxy.server.running_proxy``)."""
+    """Start the proxy exactly as the entry point does (``proxy.serving.server.running_proxy``)."""
 
     @asynccontextmanager
     async def start(upstream_url: str, **overrides: Any) -> AsyncIterator[RunningProxy]:

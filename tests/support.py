@@ -344,8 +344,9 @@ class LogWatch:
 
 
 class _EventRecords(logging.Handler):
-    """The protocol's stdlib records as entries like structlog's (``proxy.logs.event_from_record``
-    does the same in production): the ``event`` extra and the other extras as fields."""
+    """The protocol's stdlib records as entries like structlog's
+    (``proxy.logs.configure.event_from_record`` does the same in production): the ``event`` extra
+    and the other extras as fields."""
 
     _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
 

@@ -11,8 +11,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from proxy.config import HostPort
-from proxy.server import RunningProxy
+from proxy.serving.server import RunningProxy
+from proxy.wire.address import HostPort
 from tests.admin_support import admin_get, scrape
 from tests.conftest import ProxyFactory
 from tests.raw_upstream import RawUpstream

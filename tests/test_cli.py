@@ -18,9 +18,11 @@ from typing import Any
 import pytest
 
 from proxy.cli import OPTIONS, parse_config
-from proxy.config import HostPort, ProxyConfig, Upstream, parse_upstream
-from proxy.policy import CancelPolicy
-from proxy.routes import Action, Rule
+from proxy.policy.methods import CancelPolicy
+from proxy.policy.routes import Action, Rule
+from proxy.settings.config import ProxyConfig
+from proxy.upstream.address import Upstream, parse_upstream
+from proxy.wire.address import HostPort
 from tests.support import LOOPBACK, WAIT, proxy_argv, running_script, script_path
 
 # Never contacted: every process started here fails or exits before it forwards anything.
@@ -495,7 +497,8 @@ def test_help_says_upstream_is_required(help_text: str) -> None:
 
 
 def test_help_says_a_request_past_the_upstream_limit_gets_503_at_once(help_text: str) -> None:
-    # As proxy.forward's _slot_taken does; an older text said requests "wait for a free one".
+    # As proxy.serving.forward's _slot_taken does; an older text said requests "wait for a free
+    # one".
     assert "one more is answered 503 at once, never queued" in help_text
     assert "wait for a free one" not in help_text
 

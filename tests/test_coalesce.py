@@ -1,4 +1,4 @@
-"""The client transport that holds a turn's writes until the turn ends (proxy.coalesce)."""
+"""The client transport that holds a turn's writes until the turn ends (proxy.edge.coalesce)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from proxy.coalesce import CoalescingTransport, EndOfTurn
+from proxy.edge.coalesce import CoalescingTransport, EndOfTurn
 from tests.support import LOOPBACK, WAIT
 
 

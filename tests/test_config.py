@@ -1,4 +1,4 @@
-"""Table tests for the value parsers in ``proxy.config``."""
+"""Table tests for the value parsers in ``proxy.settings.config``."""
 
 from __future__ import annotations
 
@@ -9,14 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.config import (
-    HostPort,
-    Upstream,
-    parse_count,
-    parse_host_port,
-    parse_seconds,
-    parse_upstream,
-)
+from proxy.settings.config import parse_count, parse_seconds
+from proxy.upstream.address import Upstream, parse_upstream
+from proxy.wire.address import HostPort, parse_host_port
 
 # --- parse_host_port -----------------------------------------------------------------------------
 

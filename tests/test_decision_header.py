@@ -10,14 +10,14 @@ import pytest
 
 from demo_backend.cancel_methods import DEFAULT_CANCEL_METHODS, trust_decision_header_from_env
 from demo_backend.canceller import ConnectionCanceller
-from proxy.decision_header import (
+from proxy.policy.decision_header import (
     DECISION_HEADER,
     HEADER_LINES,
     TRUST_VAR,
     decided_cancellable,
     header_value,
 )
-from proxy.routes import Action, parse_rules
+from proxy.policy.routes import Action, parse_rules
 from tests.conftest import ProxyFactory
 from tests.raw_upstream import RawUpstream
 from tests.support import exchange, request_bytes

@@ -1,6 +1,6 @@
 """The two real console scripts, ``hangup-proxy`` in front of ``hangup-demo-backend``.
 
-This is the production entry point end to end: if ``proxy.server`` ever stopped turning
+This is the production entry point end to end: if ``proxy.serving.server`` ever stopped turning
 aiohttp's ``handler_cancellation`` on, the backend handler here would run its full 30 s and the
 first test would time out (aiohttp's test server always turns it on, so only this kind of test
 can tell).

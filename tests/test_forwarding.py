@@ -261,8 +261,8 @@ async def test_a_body_sent_along_with_expect_100_continue_is_forwarded_with_no_i
     upstream: RawUpstream, start_proxy: ProxyFactory
 ) -> None:
     """A small body that arrived with its head goes upstream with it in one write
-    (``proxy.forward.Forwarder._read_ahead``); a 100 Continue would then ask for what is already
-    here, and RFC 9110 §10.1.1 lets a server that has the content leave it out."""
+    (``proxy.serving.forward.Forwarder._read_ahead``); a 100 Continue would then ask for what is
+    already here, and RFC 9110 §10.1.1 lets a server that has the content leave it out."""
     async with start_proxy(upstream.url) as proxy:
         client = await RawConnection.open(proxy.address.port)
         await client.send(

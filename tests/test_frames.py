@@ -1,16 +1,16 @@
-"""proxy.frames: frame boundaries and Close frames in a byte stream split anywhere."""
+"""proxy.websocket.frames: frame boundaries and Close frames in a byte stream split anywhere."""
 
 from __future__ import annotations
 
 import pytest
 
-from proxy.frames import FrameTracker, close_frame, header_size
+from proxy.websocket.frames import FrameTracker, close_frame, header_size
 
 MASK = b"\x01\x02\x03\x04"
 
 
 def frame(opcode: int, payload: bytes, *, masked: bool = False, fin: bool = True) -> bytes:
-    """RFC 6455 §5.2, written independently of proxy.frames."""
+    """RFC 6455 §5.2, written independently of proxy.websocket.frames."""
     first = (0x80 if fin else 0) | opcode
     mask_bit = 0x80 if masked else 0
     if len(payload) < 126:

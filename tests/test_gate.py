@@ -14,7 +14,7 @@ from aiohttp.http_exceptions import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.gate import Limits, check_request, rejection_for_parse_error
+from proxy.edge.gate import Limits, check_request, rejection_for_parse_error
 
 LIMITS = Limits()
 HOST = [(b"Host", b"x")]

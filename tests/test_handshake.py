@@ -1,20 +1,21 @@
-"""proxy.handshake: which requests are tunnelled, which 101 is spliced, and the heads written.
+"""proxy.websocket.handshake: which requests are tunnelled, which 101 is spliced, and the heads
+written.
 
-How the upstream's answer is parsed (llhttp, through ``proxy.upstream``) is tested end to end in
-``tests/test_websocket.py``.
+How the upstream's answer is parsed (llhttp, through ``proxy.upstream.connection``) is tested end to
+end in ``tests/test_websocket.py``.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from proxy.handshake import (
+from proxy.websocket.handshake import (
     asks_for_websocket,
     switches_to_websocket,
     switching_protocols_head,
     upstream_handshake_head,
 )
-from proxy.headers import request_target
+from proxy.wire.headers import request_target
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
-from proxy.frontend import GateRequestHandler
-from proxy.policy import CancelPolicy
+from proxy.edge.frontend import GateRequestHandler
+from proxy.policy.methods import CancelPolicy
 from tests.conftest import ProxyFactory
 from tests.raw_upstream import RawUpstream, ReceivedRequest, UpstreamConnection, response_bytes
 from tests.support import (

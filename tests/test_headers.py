@@ -1,4 +1,4 @@
-"""Table and property tests for ``proxy.headers``: what crosses the proxy, in which order."""
+"""Table and property tests for ``proxy.wire.headers``: what crosses the proxy, in which order."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from proxy.headers import (
+from proxy.wire.headers import (
     RawHeaders,
     downstream_response_fields,
     expects_continue,

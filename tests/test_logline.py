@@ -3,7 +3,7 @@
 Cases that configure logging run in a fresh interpreter (see ``tests/test_logs.py``): structlog
 caches configured loggers on first use, so reconfiguring here would detach the other tests'
 capture. The proxy runs with a buffered stdout (``PYTHONUNBUFFERED`` empty), as in production
-outside the container image, so that nothing but ``proxy.logstream`` gets its lines out.
+outside the container image, so that nothing but ``proxy.logs.logstream`` gets its lines out.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 import structlog
 
-from proxy import exchange as exchange_module
-from proxy import logline
-from proxy.exchange import Exchange
-from proxy.logstream import LogStream
-from proxy.routes import Action, Decision
+from proxy.exchange import state as exchange_module
+from proxy.exchange.state import Exchange
+from proxy.logs import logline
+from proxy.logs.logstream import LogStream
+from proxy.policy.routes import Action, Decision
 from tests.raw_upstream import RawUpstream, ReceivedRequest, UpstreamConnection
 from tests.support import (
     LOOPBACK,
@@ -51,8 +51,8 @@ BUFFERED_STDOUT = {"PYTHONUNBUFFERED": ""}
 
 EXCHANGES = r"""
 import structlog
-from proxy.exchange import Exchange, Outcome
-from proxy.routes import Action, Decision
+from proxy.exchange.state import Exchange, Outcome
+from proxy.policy.routes import Action, Decision
 
 def completed():
     exchange = Exchange("rid-1", "GET", "/päth", "127.0.0.1", cancellable=True)
@@ -91,8 +91,8 @@ def run_script(body: str, *argv: str) -> list[str]:
 )
 def test_the_canonical_line_is_the_json_line_structlogs_pipeline_wrote(bound: str) -> None:
     fast_and_chain = f"""
-from proxy import logline
-from proxy.logs import configure_logging
+from proxy.logs import logline
+from proxy.logs.configure import configure_logging
 configure_logging("json", "info")
 structlog.contextvars.bind_contextvars({bound})
 exchanges = [completed(), odd_completed(), hung_up(), upstream_error()]
@@ -160,7 +160,7 @@ def test_any_other_shape_is_left_to_the_json_encoder(fields: dict[str, Any]) -> 
 
 def test_the_timestamp_is_iso_8601_utc_with_microseconds_and_now() -> None:
     [line] = run_script(
-        "from proxy.logs import configure_logging\n"
+        "from proxy.logs.configure import configure_logging\n"
         "configure_logging('json', 'info')\n"
         "completed().write_log_line()\n"
     )
@@ -175,7 +175,7 @@ def test_the_timestamp_is_iso_8601_utc_with_microseconds_and_now() -> None:
 def test_log_level_filters_the_canonical_line_by_its_level() -> None:
     body = """
 import sys
-from proxy.logs import configure_logging
+from proxy.logs.configure import configure_logging
 configure_logging("json", sys.argv[1])
 completed().write_log_line()
 upstream_error().write_log_line()
@@ -195,7 +195,7 @@ upstream_error().write_log_line()
 
 def test_the_console_format_still_renders_the_canonical_line() -> None:
     [line] = run_script(
-        "from proxy.logs import configure_logging\n"
+        "from proxy.logs.configure import configure_logging\n"
         "configure_logging('console', 'info')\n"
         "completed().write_log_line()\n"
     )
@@ -208,7 +208,7 @@ def test_the_console_format_still_renders_the_canonical_line() -> None:
 def test_a_line_still_waiting_when_the_event_loop_ends_is_written_at_exit() -> None:
     body = """
 import asyncio
-from proxy.logs import configure_logging
+from proxy.logs.configure import configure_logging
 configure_logging("json", "info")
 loop = asyncio.new_event_loop()
 def stop_then_log():

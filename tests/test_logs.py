@@ -23,7 +23,7 @@ from tests.support import (
 
 SCRIPT = """
 import logging, sys, structlog
-from proxy.logs import configure_logging
+from proxy.logs.configure import configure_logging
 configure_logging(sys.argv[1], sys.argv[2])
 structlog.get_logger("hangup.test").info("request", status=499, outcome="client_hangup")
 structlog.get_logger("hangup.test").debug("debug_event")

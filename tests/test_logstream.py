@@ -6,7 +6,7 @@ import asyncio
 import io
 import math
 
-from proxy.logstream import ATOMIC_WRITE_BYTES, LogStream
+from proxy.logs.logstream import ATOMIC_WRITE_BYTES, LogStream
 from tests.support import WAIT
 
 

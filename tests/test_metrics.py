@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession
 
-from proxy.config import HostPort
-from proxy.metrics import ABORTED, CANCEL_PROPAGATION_BUCKETS, REJECTION_REASONS
-from proxy.server import RunningProxy
+from proxy.observability.metrics import ABORTED, CANCEL_PROPAGATION_BUCKETS, REJECTION_REASONS
+from proxy.serving.server import RunningProxy
+from proxy.wire.address import HostPort
 from tests.admin_support import Scrape, admin_get, scrape
 from tests.conftest import ProxyFactory
 from tests.raw_upstream import RawUpstream, ReceivedRequest, UpstreamConnection, response_bytes

@@ -1,4 +1,5 @@
-"""Which metrics directories a starting supervisor removes (``proxy.metrics_dir``), on plain ones.
+"""Which metrics directories a starting supervisor removes (``proxy.workers.metrics_dir``), on plain
+ones.
 
 A directory's owner is "another process" here: a child interpreter that takes the lock (or makes a
 whole ``MetricsDir``) and holds it until its stdin closes, or until the test SIGKILLs it. The
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.metrics_dir import LOCK_NAME, PREFIX, MetricsDir, remove_abandoned
+from proxy.workers.metrics_dir import LOCK_NAME, PREFIX, MetricsDir, remove_abandoned
 from tests.support import WAIT, watch_logs
 
 HOLD_A_LOCK = """\
@@ -34,7 +35,7 @@ sys.stdin.read()
 HOLD_A_METRICS_DIR = """\
 import sys
 from pathlib import Path
-from proxy.metrics_dir import MetricsDir
+from proxy.workers.metrics_dir import MetricsDir
 held = MetricsDir.create(Path(sys.argv[1]))
 print(held.path, flush=True)
 sys.stdin.read()

@@ -37,7 +37,7 @@ def test_the_wheel_holds_both_packages_and_both_console_scripts(tmp_path: Path) 
     assert "hangup-proxy = proxy.cli:main" in scripts
     assert "hangup-demo-backend = demo_backend.cli:main" in scripts
     for module in (
-        "proxy/forward.py",
+        "proxy/serving/forward.py",
         "proxy/cli.py",
         "demo_backend/protocol.py",
         "demo_backend/cli.py",

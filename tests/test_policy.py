@@ -1,4 +1,5 @@
-"""Table tests for ``proxy.policy``: which methods are cancelled when their client hangs up."""
+"""Table tests for ``proxy.policy.methods``: which methods are cancelled when their client hangs
+up."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.policy import DEFAULT_CANCEL_METHODS, CancelPolicy, parse_cancel_methods
+from proxy.policy.methods import DEFAULT_CANCEL_METHODS, CancelPolicy, parse_cancel_methods
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 

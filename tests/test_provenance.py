@@ -1,4 +1,4 @@
-"""hangup refuses a ``proxy`` package that is not its own (``proxy.provenance``).
+"""hangup refuses a ``proxy`` package that is not its own (``proxy.observability.provenance``).
 
 The table tests build real ``.dist-info`` directories; the slow test installs hangup and then
 proxy.py (whose wheel overwrites ``proxy/__init__.py``) into a fresh virtualenv and runs the real
@@ -21,8 +21,13 @@ import pytest
 
 import proxy
 from demo_backend.child_process import spawn_with_log_lines
-from proxy.provenance import check_package, foreign_package_line, is_hangups, other_owners
-from proxy.restart_policy import MAX_FAILED_STARTS
+from proxy.observability.provenance import (
+    check_package,
+    foreign_package_line,
+    is_hangups,
+    other_owners,
+)
+from proxy.workers.restart_policy import MAX_FAILED_STARTS
 from tests.support import LOOPBACK, WAIT, ScriptProcess
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,9 +6,9 @@ import socket
 
 import pytest
 
-from proxy.config import HostPort
-from proxy.reservation import reserve_address
-from proxy.server import ListenError
+from proxy.serving.server import ListenError
+from proxy.wire.address import HostPort
+from proxy.workers.reservation import reserve_address
 from tests.support import LOOPBACK
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.restart_policy import (
+from proxy.workers.restart_policy import (
     FIRST_RESTART_DELAY,
     MAX_FAILED_STARTS,
     MAX_RESTART_DELAY,

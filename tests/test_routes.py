@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import HostPort
-from proxy.policy import CancelPolicy
-from proxy.routes import (
+from proxy.policy.methods import CancelPolicy
+from proxy.policy.routes import (
     Action,
     Decision,
     RoutePolicy,
@@ -18,6 +17,7 @@ from proxy.routes import (
     parse_rule,
     parse_rules,
 )
+from proxy.wire.address import HostPort
 from tests.admin_support import scrape
 from tests.conftest import ProxyFactory
 from tests.raw_upstream import RawUpstream, ReceivedRequest, UpstreamConnection, response_bytes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.supervisor import describe_exit
+from proxy.workers.supervisor import describe_exit
 
 
 @pytest.mark.parametrize(

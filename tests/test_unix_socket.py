@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import parse_upstream
+from proxy.upstream.address import parse_upstream
 from tests.conftest import ProxyFactory
 from tests.support import (
     HangupKind,

@@ -1,4 +1,4 @@
-"""The proxy's own HTTP/1.1 client (``proxy.upstream``): framing, interim answers, reuse.
+"""The proxy's own HTTP/1.1 client (``proxy.upstream.connection``): framing, interim answers, reuse.
 
 Each test pins one thing the pooled client must get right on its own now that aiohttp's
 ``ClientSession`` is gone: when an upstream connection may carry the next request, and what the
@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from proxy.config import ProxyConfig
-from proxy.upstream import MAX_HEAD_SIZE
+from proxy.settings.config import ProxyConfig
+from proxy.upstream.connection import MAX_HEAD_SIZE
 from tests.conftest import ProxyFactory
 from tests.raw_upstream import (
     RawUpstream,

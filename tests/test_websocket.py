@@ -20,9 +20,9 @@ import pytest
 from aiohttp import ClientSession, WSMsgType, web
 from multidict import CIMultiDictProxy
 
-from proxy.config import HostPort
-from proxy.server import start_proxy as start_running_proxy
-from proxy.websocket import MAX_REFUSAL_BODY
+from proxy.serving.server import start_proxy as start_running_proxy
+from proxy.websocket.tunnels import MAX_REFUSAL_BODY
+from proxy.wire.address import HostPort
 from tests.admin_support import scrape
 from tests.conftest import ProxyFactory
 from tests.raw_upstream import (

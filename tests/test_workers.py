@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.processes import is_alive
-from proxy.metrics_dir import PREFIX as METRICS_DIR_PREFIX
-from proxy.restart_policy import MAX_FAILED_STARTS, restart_delay
+from proxy.workers.metrics_dir import PREFIX as METRICS_DIR_PREFIX
+from proxy.workers.restart_policy import MAX_FAILED_STARTS, restart_delay
 from tests.admin_support import Scrape, admin_get, scrape
 from tests.raw_upstream import RawUpstream, SlowPathHeld
 from tests.support import (
