@@ -8,18 +8,22 @@ is the same server, set up the same way (``aiohttp.web.Server`` with ``handler_c
 and no access log, on uvloop): where this proxy stays below a target ratio to nginx, hangup cannot
 reach that target without another server. It is a measuring stick, not a product.
 
-What it does: each GET goes out on a pooled keep-alive connection to the origin (newest first,
-unbounded), whose answer a minimal httptools protocol reads whole; it comes back as one
-``web.Response``. A connection that the origin closed, or whose answer said ``Connection: close``,
-leaves the pool; an exchange whose connection is lost answers 502.
+What it does: each request goes out on a pooled keep-alive connection to the origin (newest
+first, unbounded), whose answer a minimal httptools protocol reads whole; it comes back as one
+``web.Response``. A request body with a ``Content-Length`` (the POST case's small JSON body) is
+read whole first and written with the head in one write, as hangup forwards a body that came in
+the same read as its head, so the POST case has a ceiling too (issue 16). A connection that the
+origin closed, or whose answer said ``Connection: close``, leaves the pool; an exchange whose
+connection is lost answers 502.
 
 What it deliberately lacks (all that hangup adds): no log line, no metrics, no header rewriting
 beyond dropping hop-by-hop and framing headers (no ``X-Forwarded-*``, no headers listed in
-``Connection``), no methods but GET and no request bodies (501), no streaming (answers are
-buffered whole: fine for ``/1k`` and ``/100k``), no answers that end at the close of the
-connection, no interim (1xx) answers, no timeouts or limits, no graceful shutdown (SIGTERM ends it).
-A client that hangs up mid-exchange only closes the upstream connection. Having no request bodies,
-it is left out of the run's POST case (``benchmarks.post``): its cells there say "—".
+``Connection``), no chunked request bodies and no HEAD or CONNECT (501), no streaming either way
+(bodies are buffered whole: fine for ``/1k``, ``/100k`` and a 1.5 KiB POST), no interim (1xx)
+answers (``Expect`` is dropped, and the client gets no ``100 Continue``: curl waits a second,
+then sends its body anyway), no answers that end at the close of the connection, no timeouts or
+limits, no graceful shutdown (SIGTERM ends it). A client that hangs up mid-exchange only closes
+the upstream connection.
 """
 
 from __future__ import annotations
@@ -44,10 +48,17 @@ HOP_BY_HOP = frozenset(
         b"transfer-encoding",
         b"upgrade",
         b"content-length",
+        b"expect",
     }
 )
-"""Header names (lower case) never copied across: hop-by-hop (RFC 9110 §7.6.1), or framing that
-each side sets for itself (no request body is forwarded, and aiohttp frames the answer)."""
+"""Header names (lower case) never copied across: hop-by-hop (RFC 9110 §7.6.1), framing that
+each side sets for itself (``request_head`` writes the body's length, and aiohttp frames the
+answer), and ``Expect``: the body is read whole before the request goes out, and the origin's
+``100 Continue`` (nginx sends one) would be read as the answer."""
+
+UNFORWARDED_METHODS = frozenset({"HEAD", "CONNECT"})
+"""Answered 501: the answer to HEAD has a length but no body, which the upstream parser is not
+told of (it would wait for the body), and CONNECT is not a request for the origin."""
 
 
 class UpstreamLostError(Exception):
@@ -185,14 +196,19 @@ class BareProxy:
         self._pool = pool
 
     async def handle(self, request: web.BaseRequest) -> web.Response:
-        if request.method != "GET" or request.body_exists:
-            return web.Response(status=501, text="this reference proxy forwards bodiless GETs only")
+        if request.method in UNFORWARDED_METHODS:
+            return web.Response(
+                status=501, text=f"this reference proxy forwards no {request.method}"
+            )
+        if request.body_exists and request.content_length is None:
+            return web.Response(status=501, text="this reference proxy forwards no chunked bodies")
+        body = await request.read() if request.body_exists else b""
         try:
             upstream = await self._pool.acquire()
         except OSError:
             return web.Response(status=502)
         try:
-            answer = await upstream.exchange(request_head(request))
+            answer = await upstream.exchange(request_head(request, body))
         except UpstreamLostError:
             return web.Response(status=502)
         finally:
@@ -201,16 +217,20 @@ class BareProxy:
         return web.Response(status=answer.status, headers=answer.headers, body=answer.body)
 
 
-def request_head(request: web.BaseRequest) -> bytes:
-    """The request line and the client's headers, minus hop-by-hop and framing ones."""
+def request_head(request: web.BaseRequest, body: bytes) -> bytes:
+    """The request line, the client's headers minus hop-by-hop and framing ones, the body's
+    length if the client sent one (``Content-Length: 0`` included), and the body."""
     target = request.raw_path.encode("utf-8", "surrogateescape")
-    lines = [b"GET " + target + b" HTTP/1.1\r\n"]
+    lines = [request.method.encode("ascii") + b" " + target + b" HTTP/1.1\r\n"]
     lines += [
         name + b": " + value + b"\r\n"
         for name, value in request.raw_headers
         if name.lower() not in HOP_BY_HOP
     ]
+    if request.content_length is not None:
+        lines.append(b"Content-Length: " + str(len(body)).encode("ascii") + b"\r\n")
     lines.append(b"\r\n")
+    lines.append(body)
     return b"".join(lines)
 
 

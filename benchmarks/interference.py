@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.cpu import process_cpu_seconds
+
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 DISTURBED_CORES = 0.1
 """Above this share of a core taken by others, a run is reported as disturbed."""
@@ -41,8 +43,7 @@ def read(pids: Iterable[int]) -> Reading:
     ours = own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
     for pid in pids:
         with contextlib.suppress(OSError, IndexError, ValueError):
-            stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            ours += (int(stat[11]) + int(stat[12])) / _TICKS_PER_SECOND
+            ours += process_cpu_seconds(pid)
     return Reading(time.monotonic(), busy, ours)
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import structlog
 
-from proxy.exchange.state import Exchange, Outcome
+from proxy.exchange.state import Exchange
 from proxy.logs import logline
 from proxy.logs.configure import configure_logging
 
@@ -30,7 +30,7 @@ REQUEST_ID = "0123456789abcdef0123456789abcdef"
 def finished_exchange() -> Exchange:
     exchange = Exchange(REQUEST_ID, "GET", "/1k", "127.0.0.1", cancellable=True)
     exchange.upstream_status = 200
-    exchange.finish(Outcome.COMPLETED, 200)
+    exchange.completed(200)
     return exchange
 
 

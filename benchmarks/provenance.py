@@ -78,6 +78,8 @@ def preamble(
             f"Python {platform.python_version()}",
             f"aiohttp {metadata.version('aiohttp')}",
             f"uvloop {metadata.version('uvloop')}",
+            f"uvicorn {metadata.version('uvicorn')}",
+            f"FastAPI {metadata.version('fastapi')}",
         ]
     )
     mode = " (QUICK MODE: a smoke run, not a measurement)" if plan is QUICK else ""
@@ -93,6 +95,10 @@ def preamble(
         f"- hang-ups: {plan.probes_per_round * plan.rounds} by FIN and as many by RST per target "
         "idle, and as many again under load, one at a time, FIN and RST in turn, client's hang-up "
         "→ the origin's first sign of an end (EOF or reset) on the proxy's upstream connection",
+        "- CPU per request: CPU time of nginx's worker, the bare aiohttp proxy and hangup over "
+        "each timed wrk run ÷ the requests it counted",
+        "- backend half: FastAPI's hello world on one uvicorn process each (httptools, h11; plain "
+        "and with hangup's cancelling protocol) on the proxy core, the same wrk load at GET /",
         f"- memory: {plan.held:,} idle keep-alive client connections held",
         f"- command: `{command}`",
         f"- other processes on this machine: {describe_interference(interference)}",

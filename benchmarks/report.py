@@ -1,13 +1,13 @@
-"""The numbers: medians over rounds, percentiles over probes, and the one markdown table."""
+"""The one markdown table, and the line next to Istio's figure, from one run's ``Results``
+(each cell made by ``benchmarks.cells``)."""
 
 from __future__ import annotations
 
 import math
-import statistics
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from benchmarks import post
+from benchmarks import backends, cells, post
+from benchmarks.cpu import CpuUse
 from benchmarks.memory import MemoryReading
 from benchmarks.propagation import Hangup, ProbeSeries
 from benchmarks.wrk import WrkResult
@@ -17,7 +17,7 @@ TARGETS = (DIRECT, NGINX, HANGUP)
 """Measured for throughput, hang-ups and memory: each a column of the table."""
 BARE = "bare-aiohttp"
 """``benchmarks.bare_aiohttp_proxy``: the ceiling aiohttp's server puts on any proxy built on it.
-Measured for throughput only, in a column of its own, each cell with its ratio to nginx."""
+Measured for throughput and CPU only, in a column of its own, each cell with its ratio to nginx."""
 COLUMNS = (DIRECT, NGINX, BARE, HANGUP)
 """Left to right: the two references, the aiohttp ceiling, then hangup next to its ratio."""
 HANGUP_WORKERS = "hangup-workers"
@@ -31,10 +31,11 @@ CASES = {
     **SIZES,
     POST: f"{post.ANSWER_SIZE / 1024:g} KiB POST ({post.BODY_SIZE / 1024:g} KiB body)",
 }
-"""Every throughput case, by path: the GETs, then the API call (``benchmarks.post``)."""
-POST_TARGETS = (DIRECT, NGINX, HANGUP, HANGUP_WORKERS)
-"""The targets that forward a request body: not the bare proxy, which answers 501 to one."""
-TIMES = "\N{MULTIPLICATION SIGN}"
+"""Every throughput case, by path: the GETs, then the API call (``benchmarks.post``). Every
+target in ``THROUGHPUT_TARGETS`` is measured for every case."""
+CPU_TARGETS = (NGINX, BARE, HANGUP)
+"""The proxies whose CPU time per request is measured (``benchmarks.cpu``)."""
+TIMES = cells.TIMES
 
 # Issue 6's targets, as ratios to nginx (one worker) or absolute bounds. Its throughput targets
 # are for the GETs: the POST case came later and has none, so its rows say "—".
@@ -46,10 +47,16 @@ MAX_KIB_PER_IDLE_CONNECTION = 40.0
 MIN_WORKERS_RATIO = 1.6
 """Issue 6: "with 2 workers on free cores, at least 1.6 times one" (req/s of one process)."""
 
+# Issue 16's targets, for every case: hangup next to the bare aiohttp proxy, the least work a
+# proxy on aiohttp's server can do; and the cancelling protocol next to plain uvicorn.
+MIN_RPS_TO_BARE = 0.8
+MAX_P99_TO_BARE = 1.3
+MIN_BACKEND_RATIO = 0.97
 
-def targets_of(case: str) -> tuple[str, ...]:
-    """The throughput targets measured for ``case``."""
-    return POST_TARGETS if case == POST else THROUGHPUT_TARGETS
+ISTIO_ENVOY_US = 350.0
+"""Istio's published CPU cost of its Envoy sidecar, 0.35 vCPU per 1,000 requests/s through the
+proxy (istio.io, "Performance and Scalability", Istio 1.12 to 1.15; with mutual TLS and
+telemetry on)."""
 
 
 @dataclass
@@ -66,109 +73,71 @@ class Results:
     load: dict[str, list[WrkResult]] = field(default_factory=dict)
     """The wrk runs that loaded each proxy while its loaded probes ran."""
     memory: dict[str, MemoryReading] = field(default_factory=dict)
-
-
-def quantile(values: Sequence[float], q: float) -> float:
-    """The ``q`` quantile with linear interpolation between ranks (numpy's default method)."""
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    position = q * (len(ordered) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def _median_of(runs: Sequence[WrkResult], metric: Callable[[WrkResult], float]) -> float:
-    return statistics.median(metric(run) for run in runs) if runs else math.nan
-
-
-def _rps(run: WrkResult) -> float:
-    return run.requests_per_second
-
-
-def _p50(run: WrkResult) -> float:
-    return run.p50_ms
-
-
-def _p99(run: WrkResult) -> float:
-    return run.p99_ms
-
-
-def _ratio(hangup: float, nginx: float) -> float:
-    return hangup / nginx if nginx and not math.isnan(nginx) else math.nan
-
-
-def _met(ok: bool | None) -> str:
-    return "—" if ok is None else ("yes" if ok else "**no**")
-
-
-def _num(value: float, digits: int = 2) -> str:
-    return "—" if math.isnan(value) else f"{value:,.{digits}f}"
-
-
-def _series(series: ProbeSeries | None) -> str:
-    if series is None:
-        return "—"
-    if not series.samples_ms:
-        return f"none of {series.missed} arrived"
-    samples = series.samples_ms
-    text = f"{statistics.median(samples):.3f} / {quantile(samples, 0.99):.3f} / {max(samples):.3f}"
-    return text + (f" ({series.missed} missed)" if series.missed else "")
-
-
-def _p99_of(series: ProbeSeries | None) -> float:
-    if series is None or not series.samples_ms or series.missed:
-        return math.nan
-    return quantile(series.samples_ms, 0.99)
+    cpu: dict[tuple[str, str], list[CpuUse]] = field(default_factory=dict)
+    """(target in ``CPU_TARGETS``, case) → its CPU use over each round's timed wrk run."""
+    backends: dict[str, list[WrkResult]] = field(default_factory=dict)
+    """A key of ``backends.BACKENDS`` → one wrk result per round."""
 
 
 def render(results: Results, *, held_target: int) -> str:
-    """The one markdown table: a row per metric, a column per target, then ratio and target."""
+    """The one markdown table: a row per metric, a column per target, then two triples of ratio,
+    target and met: issue 6's (hangup ÷ nginx) and issue 16's (hangup ÷ the bare aiohttp proxy,
+    and the cancelling protocol ÷ plain uvicorn)."""
     header = [
         "metric",
         *(results.labels[target] for target in COLUMNS),
         "hangup ÷ nginx",
-        "target",
+        "target (issue 6)",
+        "met",
+        "ratio (issue 16)",
+        "target (issue 16)",
         "met",
     ]
     rows: list[list[str]] = []
     for case, case_label in CASES.items():
         runs = {target: results.throughput.get((target, case), []) for target in COLUMNS}
-        rps = {target: _median_of(runs[target], _rps) for target in COLUMNS}
-        p50 = {target: _median_of(runs[target], _p50) for target in COLUMNS}
-        p99 = {target: _median_of(runs[target], _p99) for target in COLUMNS}
-        rps_ratio = _ratio(rps[HANGUP], rps[NGINX])
-        p99_ratio = _ratio(p99[HANGUP], p99[NGINX])
+        rps = {target: cells.median_of(runs[target], cells.rps) for target in COLUMNS}
+        p50 = {target: cells.median_of(runs[target], cells.p50) for target in COLUMNS}
+        p99 = {target: cells.median_of(runs[target], cells.p99) for target in COLUMNS}
+        rps_ratio = cells.ratio(rps[HANGUP], rps[NGINX])
+        p99_ratio = cells.ratio(p99[HANGUP], p99[NGINX])
         min_rps = MIN_RPS_RATIO.get(case)
         max_p99 = MAX_P99_RATIO if case in SIZES else None
         rows.append(
             [
                 f"{case_label}: req/s (median, and range over rounds)",
-                *(_rps_cell(runs[t], _to_nginx(t, rps)) for t in COLUMNS),
-                f"{_num(rps_ratio)}{TIMES}",
+                *(cells.rps_cell(runs[t], _to_nginx(t, rps)) for t in COLUMNS),
+                f"{cells.num(rps_ratio)}{TIMES}",
                 "—" if min_rps is None else f"≥ {min_rps}{TIMES} nginx",
-                _met(None if min_rps is None or math.isnan(rps_ratio) else rps_ratio >= min_rps),
+                cells.met(
+                    None if min_rps is None or math.isnan(rps_ratio) else rps_ratio >= min_rps
+                ),
+                *_to_bare(rps, MIN_RPS_TO_BARE, is_floor=True),
             ]
         )
         rows.append(
             [
                 f"{case_label}: p50 latency (ms)",
                 *(_num_cell(p50, t) for t in COLUMNS),
-                f"{_num(_ratio(p50[HANGUP], p50[NGINX]))}{TIMES}",
-                "",
-                "",
+                f"{cells.num(cells.ratio(p50[HANGUP], p50[NGINX]))}{TIMES}",
+                *_NO_TARGET,
+                f"{cells.num(cells.ratio(p50[HANGUP], p50[BARE]))}{TIMES} bare",
+                *_NO_TARGET,
             ]
         )
         rows.append(
             [
                 f"{case_label}: p99 latency (ms)",
                 *(_num_cell(p99, t) for t in COLUMNS),
-                f"{_num(p99_ratio)}{TIMES}",
+                f"{cells.num(p99_ratio)}{TIMES}",
                 "—" if max_p99 is None else f"≤ {max_p99:g}{TIMES} nginx",
-                _met(None if max_p99 is None or math.isnan(p99_ratio) else p99_ratio <= max_p99),
+                cells.met(
+                    None if max_p99 is None or math.isnan(p99_ratio) else p99_ratio <= max_p99
+                ),
+                *_to_bare(p99, MAX_P99_TO_BARE, is_floor=False),
             ]
         )
+        rows.append(_cpu_row(results, case, case_label))
     # Idle rows, then loaded rows, so that the load's own row follows the rows it loaded.
     rows.extend(
         _propagation_row(results.idle, kind, "idle", MAX_IDLE_PROPAGATION_P99_MS) for kind in Hangup
@@ -178,25 +147,26 @@ def render(results: Results, *, held_target: int) -> str:
         for kind in Hangup
     )
     load_rps = {
-        target: _median_of(results.load[target], _rps) if target in results.load else math.nan
+        target: cells.median_of(results.load[target], cells.rps)
+        if target in results.load
+        else math.nan
         for target in COLUMNS
     }
     rows.append(
         [
             "… the load meanwhile (req/s, 1 KiB from the hold origin)",
-            *(_num(load_rps[target], 0) for target in COLUMNS),
-            f"{_num(_ratio(load_rps[HANGUP], load_rps[NGINX]))}{TIMES}",
-            "",
-            "",
+            *(cells.num(load_rps[target], 0) for target in COLUMNS),
+            f"{cells.num(cells.ratio(load_rps[HANGUP], load_rps[NGINX]))}{TIMES}",
+            *_NO_TARGET,
+            *_NO_RATIO,
         ]
     )
     rows.append(
         [
             "idle RSS (MiB)",
-            *(_idle_rss(results.memory.get(target)) for target in COLUMNS),
-            "",
-            "",
-            "",
+            *(cells.idle_rss_cell(results.memory.get(target)) for target in COLUMNS),
+            *_NO_RATIO,
+            *_NO_RATIO,
         ]
     )
     memory = results.memory.get(HANGUP)
@@ -205,20 +175,67 @@ def render(results: Results, *, held_target: int) -> str:
     rows.append(
         [
             f"RSS per idle keep-alive client connection, {held:,} held (KiB)",
-            *(_per_connection(results.memory.get(target)) for target in COLUMNS),
+            *(cells.per_connection_cell(results.memory.get(target)) for target in COLUMNS),
             "",
             f"≤ {MAX_KIB_PER_IDLE_CONNECTION:g} KiB",
-            _met(
+            cells.met(
                 None
                 if math.isnan(per_connection)
                 else per_connection <= MAX_KIB_PER_IDLE_CONNECTION
             ),
+            *_NO_RATIO,
         ]
     )
     rows.extend(_workers_rows(results))
-    lines = [_row(header), _row(["---", *["---:"] * (len(header) - 3), "---", "---"])]
-    lines.extend(_row(row) for row in rows)
+    rows.extend(_backend_rows(results))
+    align = ["---", *["---:"] * (len(COLUMNS) + 1), "---", "---", "---:", "---", "---"]
+    lines = [cells.markdown_row(header), cells.markdown_row(align)]
+    lines.extend(cells.markdown_row(row) for row in rows)
     return "\n".join(lines)
+
+
+_NO_TARGET = ("", "")
+"""A triple's target and met cells, for a row with a ratio but no target."""
+_NO_RATIO = ("", "", "")
+"""A whole triple of empty cells: ratio, target, met."""
+
+
+def _to_bare(values: dict[str, float], bound: float, *, is_floor: bool) -> list[str]:
+    """Issue 16's triple for a case's req/s row (a floor) or p99 row (a ceiling)."""
+    ratio = cells.ratio(values[HANGUP], values[BARE])
+    ok = ratio >= bound if is_floor else ratio <= bound
+    target = f"{'≥' if is_floor else '≤'} {bound:g}{TIMES} bare"
+    return [f"{cells.num(ratio)}{TIMES} bare", target, cells.met(None if math.isnan(ratio) else ok)]
+
+
+def _cpu_row(results: Results, case: str, case_label: str) -> list[str]:
+    """CPU µs per request of each proxy in ``CPU_TARGETS`` (``benchmarks.cpu``), with the cores
+    it kept busy, and hangup's ratios to nginx and to the bare proxy (no targets)."""
+    uses = {target: results.cpu.get((target, case), []) for target in CPU_TARGETS}
+    us = {target: cells.median_cpu(uses[target]) for target in CPU_TARGETS}
+    return [
+        f"{case_label}: CPU per request (µs; cores busy), median over rounds",
+        *(cells.cpu_cell(uses[t]) if t in CPU_TARGETS else "—" for t in COLUMNS),
+        f"{cells.num(cells.ratio(us[HANGUP], us[NGINX]))}{TIMES}",
+        *_NO_TARGET,
+        f"{cells.num(cells.ratio(us[HANGUP], us[BARE]))}{TIMES} bare",
+        *_NO_TARGET,
+    ]
+
+
+def cpu_note(results: Results) -> str:
+    """One line placing hangup's CPU per request next to Istio's published Envoy figure."""
+    us = {t: cells.median_cpu(results.cpu.get((t, "1k"), [])) for t in CPU_TARGETS}
+    to_istio = cells.ratio(us[HANGUP], ISTIO_ENVOY_US)
+    return (
+        f"CPU per request, next to a service mesh: hangup spent {cells.num(us[HANGUP], 0)} µs "
+        f"of CPU per 1 KiB GET here (nginx {cells.num(us[NGINX], 0)}, the bare aiohttp proxy "
+        f"{cells.num(us[BARE], 0)}); Istio publishes 0.35 vCPU per 1,000 requests/s for its "
+        f"Envoy sidecar, about {ISTIO_ENVOY_US:.0f} µs a request (hangup here: "
+        f"{cells.num(to_istio)}{TIMES} that), measured with mutual TLS and telemetry on (no TLS "
+        "here; hangup's telemetry is its log line and metrics; istio.io, \"Performance and "
+        'Scalability", Istio 1.12 to 1.15).'
+    )
 
 
 _HANGUP_ENDS = {Hangup.FIN: "EOF", Hangup.RST: "end"}
@@ -232,13 +249,14 @@ def _propagation_row(
 ) -> list[str]:
     """Hang-ups of one kind in one phase: every target's samples, and whether hangup's p99 is
     within the bound ("—" when any of hangup's probes never arrived: the run fails for that)."""
-    p99 = _p99_of(series.get((HANGUP, kind)))
+    p99 = cells.p99_of(series.get((HANGUP, kind)))
     return [
         f"hang-up by {kind.value} → upstream {_HANGUP_ENDS[kind]}, {when}: median / p99 / max (ms)",
-        *(_series(series.get((target, kind))) for target in COLUMNS),
+        *(cells.series_cell(series.get((target, kind))) for target in COLUMNS),
         "",
         f"p99 ≤ {max_p99_ms:g} ms",
-        _met(None if math.isnan(p99) else p99 <= max_p99_ms),
+        cells.met(None if math.isnan(p99) else p99 <= max_p99_ms),
+        *_NO_RATIO,
     ]
 
 
@@ -250,27 +268,61 @@ def _workers_rows(results: Results) -> list[list[str]]:
         # Issue 6's workers target is for the GETs, as its other throughput targets are.
         has_target = case in SIZES
         runs = results.throughput.get((HANGUP_WORKERS, case), [])
-        rps = _median_of(runs, _rps)
-        to_nginx = _ratio(rps, _median_of(results.throughput.get((NGINX, case), []), _rps))
-        to_one = _ratio(rps, _median_of(results.throughput.get((HANGUP, case), []), _rps))
+        rps = cells.median_of(runs, cells.rps)
+        to_nginx = cells.ratio(
+            rps, cells.median_of(results.throughput.get((NGINX, case), []), cells.rps)
+        )
+        to_one = cells.ratio(
+            rps, cells.median_of(results.throughput.get((HANGUP, case), []), cells.rps)
+        )
         rows.append(
             [
                 f"{case_label}: req/s, {label} (median, and range over rounds)",
-                *_in_hangup_column(_rps_cell(runs)),
-                f"{_num(to_nginx)}{TIMES} nginx; {_num(to_one)}{TIMES} 1 process",
+                *_in_hangup_column(cells.rps_cell(runs)),
+                f"{cells.num(to_nginx)}{TIMES} nginx; {cells.num(to_one)}{TIMES} 1 process",
                 f"≥ {MIN_WORKERS_RATIO:g}{TIMES} 1 process (free cores)" if has_target else "—",
-                _met(None if not has_target or math.isnan(to_one) else to_one >= MIN_WORKERS_RATIO),
+                cells.met(
+                    None if not has_target or math.isnan(to_one) else to_one >= MIN_WORKERS_RATIO
+                ),
+                *_NO_RATIO,
             ]
         )
-        p99 = _median_of(runs, _p99)
-        p99_nginx = _median_of(results.throughput.get((NGINX, case), []), _p99)
+        p99 = cells.median_of(runs, cells.p99)
+        p99_nginx = cells.median_of(results.throughput.get((NGINX, case), []), cells.p99)
         rows.append(
             [
                 f"{case_label}: p99 latency (ms), {label}",
-                *_in_hangup_column(_num(p99)),
-                f"{_num(_ratio(p99, p99_nginx))}{TIMES} nginx",
-                "",
-                "",
+                *_in_hangup_column(cells.num(p99)),
+                f"{cells.num(cells.ratio(p99, p99_nginx))}{TIMES} nginx",
+                *_NO_TARGET,
+                *_NO_RATIO,
+            ]
+        )
+    return rows
+
+
+def _backend_rows(results: Results) -> list[list[str]]:
+    """The backend half, a row per HTTP implementation: plain uvicorn's req/s in the direct
+    column, with hangup's cancelling protocol in hangup's, and their ratio in issue 16's."""
+    rows = []
+    for http in backends.IMPLEMENTATIONS:
+        plain, cancelling = backends.pair(http)
+        plain_runs = results.backends.get(plain, [])
+        cancelling_runs = results.backends.get(cancelling, [])
+        ratio = cells.ratio(
+            cells.median_of(cancelling_runs, cells.rps), cells.median_of(plain_runs, cells.rps)
+        )
+        shown = {DIRECT: cells.rps_cell(plain_runs), HANGUP: cells.rps_cell(cancelling_runs)}
+        rows.append(
+            [
+                f"FastAPI hello world, uvicorn `--http {http}` (direct column) and "
+                f"`{backends.BACKENDS[cancelling].name}` (hangup column): req/s (median, and "
+                "range over rounds)",
+                *(shown.get(target, "—") for target in COLUMNS),
+                *_NO_RATIO,
+                f"{cells.num(ratio)}{TIMES} plain uvicorn",
+                f"≥ {MIN_BACKEND_RATIO:g}{TIMES} plain uvicorn",
+                cells.met(None if math.isnan(ratio) else ratio >= MIN_BACKEND_RATIO),
             ]
         )
     return rows
@@ -284,37 +336,10 @@ def _to_nginx(target: str, values: dict[str, float]) -> str | None:
     """The ceiling's ratio to nginx, shown in its own cells (the ratio column is hangup's)."""
     if target != BARE or math.isnan(values[BARE]):
         return None
-    return f"{_num(_ratio(values[BARE], values[NGINX]))}{TIMES} nginx"
+    return f"{cells.num(cells.ratio(values[BARE], values[NGINX]))}{TIMES} nginx"
 
 
 def _num_cell(values: dict[str, float], target: str) -> str:
     ratio = _to_nginx(target, values)
-    text = _num(values[target])
+    text = cells.num(values[target])
     return text if ratio is None else f"{text} ({ratio})"
-
-
-def _rps_cell(runs: Sequence[WrkResult], ratio: str | None = None) -> str:
-    if not runs:
-        return "—"
-    values = [run.requests_per_second for run in runs]
-    notes = [] if len(values) == 1 else [f"{min(values):,.0f} to {max(values):,.0f}"]
-    notes += [] if ratio is None else [ratio]
-    text = f"{statistics.median(values):,.0f}"
-    return f"{text} ({'; '.join(notes)})" if notes else text
-
-
-def _idle_rss(reading: MemoryReading | None) -> str:
-    if reading is None:
-        return "—"
-    text = f"{reading.idle_kib / 1024:.1f}"
-    if reading.other_kib:
-        text += f" (+ master {reading.other_kib / 1024:.1f})"
-    return text
-
-
-def _per_connection(reading: MemoryReading | None) -> str:
-    return "—" if reading is None else f"{reading.per_connection_kib:.1f}"
-
-
-def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"

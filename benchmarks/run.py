@@ -1,6 +1,6 @@
 """``benchmarks/run [--quick] [--json PATH]``: hangup next to nginx and the bare origin, one table.
 
-The plan (issue 6):
+The plan (issue 6, and the measuring half of issue 16):
 
 1. Find wrk and nginx, installing Debian's packages when they are missing.
 2. Start, each pinned with taskset: the origin (nginx, one worker, static ``/1k`` and ``/100k``,
@@ -8,19 +8,24 @@ The plan (issue 6):
    wrk and this driver; the reference proxy (nginx, one worker, HTTP/1.1 upstream keep-alive),
    hangup (one process, default configuration, its canonical log line written to /dev/null)
    and the bare aiohttp proxy (``bare_aiohttp_proxy``: the ceiling aiohttp's server puts on
-   hangup; its GET throughput only, as it answers 501 to a request body) on the other core; and
-   hangup ``--workers 2`` on both cores, so one of its workers shares the load core (its
-   throughput only). In this process: the hold origin for hang-up timing, behind a second nginx
-   ``server`` and a second hangup process.
-3. Check that every target answers ``/1k`` and ``/100k`` whole, and every target but the bare
-   proxy ``POST /post1k`` with 1 KiB, twice on one connection (no body left behind on it).
+   hangup; its throughput and CPU only) on the other core; and hangup ``--workers 2`` on both
+   cores, so one of its workers shares the load core (its throughput only). In this process:
+   the hold origin for hang-up timing, behind a second nginx ``server`` and a second hangup
+   process. For the backend half (``benchmarks.backends``), on the proxy core: FastAPI's hello
+   world on four uvicorn processes, plain and with hangup's cancelling protocol, for httptools
+   and for h11.
+3. Check that every proxy answers ``/1k`` and ``/100k`` whole, and ``POST /post1k`` with 1 KiB
+   twice on one connection (no body left behind on it); and every uvicorn ``GET /``.
 4. Memory: RSS of each proxy idle, then with N idle keep-alive client connections held.
 5. Warm-up, then interleaved rounds (the order of targets and cases rotates each round): wrk
-   -t1 -c64 for every target and case (a GET of each size, the POST); then, per target,
-   hang-ups one at a time, FIN and RST in turn, while idle and while wrk loads the same proxy.
-6. Print one markdown table (medians over rounds; hang-ups pooled over rounds), stop every
-   process by PID, and exit 1 if anything did not work (an error answer, a hang-up that never
-   reached the origin), whatever the speed.
+   -t1 -c64 for every target and case (a GET of each size, the POST), with the CPU time nginx's
+   worker, the bare proxy and hangup used meanwhile (``benchmarks.cpu``); then each uvicorn at
+   ``GET /``; then, per target, hang-ups one at a time, FIN and RST in turn, while idle and while
+   wrk loads the same proxy.
+6. Print one markdown table (medians over rounds; hang-ups pooled over rounds) and a line
+   placing the CPU per request next to Istio's sidecar, stop every process by PID, and exit 1
+   if anything did not work (an error answer, a hang-up that never reached the origin), whatever
+   the speed.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from pathlib import Path
 
 import uvloop
 
-from benchmarks import client, interference, memory, nginx, post
+from benchmarks import backends, client, cpu, interference, memory, nginx, post
+from benchmarks.hello_app import ANSWER_SIZE as HELLO_ANSWER_SIZE
 from benchmarks.hold_origin import HoldOrigin
 from benchmarks.plan import BARE_PROXY_ARGV, FULL, HANGUP_SCRIPT, QUICK, ROOT, Plan
 from benchmarks.processes import (
@@ -57,6 +63,7 @@ from benchmarks.provenance import preamble
 from benchmarks.report import (
     BARE,
     CASES,
+    CPU_TARGETS,
     DIRECT,
     HANGUP,
     HANGUP_WORKERS,
@@ -66,8 +73,8 @@ from benchmarks.report import (
     THROUGHPUT_TARGETS,
     WORKERS,
     Results,
+    cpu_note,
     render,
-    targets_of,
 )
 from benchmarks.tools import ToolError, Tools, ensure_tools, version_of
 from benchmarks.wrk import Post, WrkError, WrkResult, run_wrk
@@ -88,6 +95,9 @@ class Endpoint:
     """The process whose RSS counts (nginx's worker, hangup's only process)."""
     helper_pid: int | None = None
     """A process counted apart (nginx's master)."""
+    cpu_pids: tuple[int, ...] = ()
+    """The processes whose CPU time per request counts (``benchmarks.cpu``): nginx's worker,
+    hangup's or the bare proxy's one process; none for the others."""
 
 
 @dataclass
@@ -155,6 +165,12 @@ async def start_targets(run: Run) -> None:
     hangup_port, hangup_hold_port = free_port(), free_port()
     workers_port, workers_admin_port = free_port(), free_port()
     bare_port = free_port()
+    # uvicorn and FastAPI take a while to import: started first, waited for last.
+    backend_ports = {key: free_port() for key in backends.BACKENDS}
+    starting = {
+        key: backends.spawn(run.fleet, key, port, core=run.pinning.proxy_core, prefix=run.prefix)
+        for key, port in backend_ports.items()
+    }
     www = nginx.write_site(run.prefix)
 
     origin_config = nginx.origin_config(run.prefix, origin_port, www)
@@ -170,15 +186,21 @@ async def start_targets(run: Run) -> None:
     hangup = await _start_hangup(run, hangup_port, origin_port)
     await _start_hangup(run, hangup_hold_port, hold_port)
     await _start_hangup_workers(run, workers_port, workers_admin_port, origin_port)
-    await _start_bare_proxy(run, bare_port, origin_port)
+    bare = await _start_bare_proxy(run, bare_port, origin_port)
     if len(workers) != 1:
         raise StartError(f"the nginx proxy should run one worker, found {len(workers)}")
+    for key, process in starting.items():
+        log = run.prefix / backends.stderr_name(key)
+        await wait_until_listening(key, process, backend_ports[key], log)
     run.endpoints = {
         DIRECT: Endpoint(origin_port, hold_port),
-        NGINX: Endpoint(proxy_port, proxy_hold_port, pid=workers[0], helper_pid=proxy),
-        HANGUP: Endpoint(hangup_port, hangup_hold_port, pid=hangup),
+        NGINX: Endpoint(
+            proxy_port, proxy_hold_port, pid=workers[0], helper_pid=proxy, cpu_pids=(workers[0],)
+        ),
+        HANGUP: Endpoint(hangup_port, hangup_hold_port, pid=hangup, cpu_pids=(hangup,)),
         HANGUP_WORKERS: Endpoint(workers_port),
-        BARE: Endpoint(bare_port),
+        BARE: Endpoint(bare_port, cpu_pids=(bare,)),
+        **{key: Endpoint(port) for key, port in backend_ports.items()},
     }
 
 
@@ -206,7 +228,7 @@ async def _forked_workers(master: int) -> list[int]:
 
 def _hangup_argv(port: int, upstream_port: int, *extra: str) -> list[str]:
     if not HANGUP_SCRIPT.exists():
-        raise StartError(f"{HANGUP_SCRIPT} is missing: run `source scripts/_venv.sh` first")
+        raise StartError(f"{HANGUP_SCRIPT} is missing: run `benchmarks/run`, which installs it")
     return [
         str(HANGUP_SCRIPT),
         "--listen",
@@ -251,8 +273,8 @@ async def _start_hangup_workers(run: Run, port: int, admin_port: int, upstream_p
 BARE_PROXY_STDERR = "bare-aiohttp-proxy.stderr"
 
 
-async def _start_bare_proxy(run: Run, port: int, upstream_port: int) -> None:
-    """The aiohttp-server ceiling, on the proxy core like hangup's one process."""
+async def _start_bare_proxy(run: Run, port: int, upstream_port: int) -> int:
+    """The aiohttp-server ceiling, on the proxy core like hangup's one process; its PID."""
     argv = [
         *BARE_PROXY_ARGV,
         "--listen",
@@ -265,14 +287,19 @@ async def _start_bare_proxy(run: Run, port: int, upstream_port: int) -> None:
     with log.open("wb") as stderr:
         process = run.fleet.spawn(name, argv, core=run.pinning.proxy_core, stderr=stderr, cwd=ROOT)
     await wait_until_listening(name, process, port, log)
+    return process.pid
 
 
-def bare_proxy_complaints(prefix: Path) -> list[str]:
-    """What the bare proxy wrote on stderr: nothing, unless something in it broke (a traceback),
-    which would make its number no ceiling of a working proxy."""
-    log = prefix / BARE_PROXY_STDERR
-    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-    return [f"{BARE_PROXY_STDERR}: {line}" for line in lines[:20]]
+def stderr_complaints(prefix: Path) -> list[str]:
+    """What the bare proxy and the uvicorn backends wrote on stderr: nothing, unless something in
+    one broke (a traceback; uvicorn logs at warning), which would make its number no measure of
+    a working server."""
+    found = []
+    for name in (BARE_PROXY_STDERR, *map(backends.stderr_name, backends.BACKENDS)):
+        log = prefix / name
+        lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+        found += [f"{name}: {line}" for line in lines[:20]]
+    return found
 
 
 async def check_answers(run: Run) -> None:
@@ -283,7 +310,7 @@ async def check_answers(run: Run) -> None:
             sock.close()
             _expect(answer, f"{target} answered GET /{path}", size)
     request = client.post_request(f"/{POST}", post.BODY, post.CONTENT_TYPE)
-    for target in targets_of(POST):
+    for target in THROUGHPUT_TARGETS:
         sock = await client.connect(run.endpoints[target].port)
         try:
             # Twice on one connection: a body left unread on it would spoil the second answer,
@@ -293,6 +320,10 @@ async def check_answers(run: Run) -> None:
                 _expect(answer, f"{target} answered the {turn} POST /{POST}", post.ANSWER_SIZE)
         finally:
             sock.close()
+    for key in backends.BACKENDS:
+        sock, answer = await client.get(run.endpoints[key].port, backends.PATH)
+        sock.close()
+        _expect(answer, f"{key} answered GET {backends.PATH}", HELLO_ANSWER_SIZE)
 
 
 def _expect(answer: client.Answer, what: str, size: int) -> None:
@@ -327,10 +358,12 @@ async def measure_memory(run: Run, results: Results) -> None:
 async def warm_up(run: Run) -> None:
     run.say("warm-up")
     for target in THROUGHPUT_TARGETS:
-        for case in _cases_of(target):
+        for case in CASES:
             await run.wrk_case(target, case, run.plan.warmup_seconds)
         if target in (NGINX, HANGUP):
             await run.wrk(run.url(target, "/1k", hold=True), run.plan.warmup_seconds)
+    for key in backends.BACKENDS:
+        await run.wrk(run.url(key, backends.PATH), run.plan.warmup_seconds)
 
 
 def rotated(items: tuple[str, ...], by: int) -> list[str]:
@@ -338,17 +371,29 @@ def rotated(items: tuple[str, ...], by: int) -> list[str]:
     return [*items[shift:], *items[:shift]]
 
 
-def _cases_of(target: str) -> tuple[str, ...]:
-    return tuple(case for case in CASES if target in targets_of(case))
-
-
 async def throughput_round(run: Run, results: Results, number: int) -> None:
     for target in rotated(THROUGHPUT_TARGETS, number):
-        for case in rotated(_cases_of(target), number):
+        for case in rotated(tuple(CASES), number):
             run.say(f"round {number + 1}: {target} {case}")
             label = f"{target} {case} round {number + 1}"
+            pids = run.endpoints[target].cpu_pids
+            # Read right before wrk starts and right after it exits (benchmarks.cpu).
+            before = cpu.read(pids)
             result = await run.wrk_case(target, case, run.plan.seconds, label=label)
+            after = cpu.read(pids)
             results.throughput.setdefault((target, case), []).append(result)
+            if target in CPU_TARGETS:
+                use = cpu.use_between(before, after, result.requests)
+                results.cpu.setdefault((target, case), []).append(use)
+
+
+async def backend_round(run: Run, results: Results, number: int) -> None:
+    """Each uvicorn of the backend half in turn, the order rotated as the proxies' is."""
+    for key in rotated(tuple(backends.BACKENDS), number):
+        run.say(f"round {number + 1}: {key}")
+        label = f"{key} round {number + 1}"
+        result = await run.wrk(run.url(key, backends.PATH), run.plan.seconds, label=label)
+        results.backends.setdefault(key, []).append(result)
 
 
 async def hangup_round(run: Run, results: Results, number: int) -> None:
@@ -420,6 +465,7 @@ async def measure(run: Run) -> Results:
         await warm_up(run)
         for number in range(run.plan.rounds):
             await throughput_round(run, results, number)
+            await backend_round(run, results, number)
             await hangup_round(run, results, number)
         note_missed_hangups(run, results)
         return results
@@ -444,19 +490,26 @@ def _labels(tools: Tools) -> dict[str, str]:
 NOTES = """\
 "direct to origin" is wrk against the nginx origin itself, on the same core (not a strict
 ceiling: a proxy between them lets wrk and the origin batch more work per wake-up); its hang-up
-row is the hold origin reached without a proxy (the floor of the measurement). Ratios are
-hangup ÷ nginx in this run. nginx and hangup log one line per request to /dev/null. "bare aiohttp
-proxy" (benchmarks/bare_aiohttp_proxy.py) is a reference ceiling, not a product: aiohttp's
-low-level server as hangup runs it (handler_cancellation, no access log, uvloop, same core) with
-a pooled httptools upstream and none of hangup's features (no log line, metrics or header
-rewriting). Any proxy on aiohttp's server does at least its work per request, so a req/s target
-above its ratio to nginx (in its own cells) is out of reach on that server, on this machine. It
-is measured for GET throughput only: it forwards no request bodies (501), so the POST rows have
-no cell for it. The POST is an API call, a 1.5 KiB JSON body sent with its head in one write,
-answered by the origin with a fixed 1 KiB; nginx keeps its default request buffering; issue 6
-set no target for it. hangup `--workers 2` runs on both cores: on a 2-core machine one worker
-shares its core with wrk, the origin and this driver, so its ratio to one process understates
-what two free cores give."""
+row is the hold origin reached without a proxy (the floor of the measurement). The first ratio
+column is hangup ÷ nginx in this run (issue 6's targets); the second is issue 16's: hangup ÷ the
+bare aiohttp proxy, and in the FastAPI rows hangup's cancelling protocol ÷ plain uvicorn. nginx
+and hangup log one line per request to /dev/null. "bare aiohttp proxy"
+(benchmarks/bare_aiohttp_proxy.py) is a reference ceiling, not a product: aiohttp's low-level
+server as hangup runs it (handler_cancellation, no access log, uvloop, same core) with a pooled
+httptools upstream and none of hangup's features (no log line, metrics or header rewriting; a
+request body is read whole and sent with its head). Any proxy on aiohttp's server does at least
+its work per request, so a req/s target above its ratio to nginx (in its own cells) is out of
+reach on that server, on this machine. The POST is an API call, a 1.5 KiB JSON body sent with
+its head in one write, answered by the origin with a fixed 1 KiB; nginx keeps its default
+request buffering; issue 6 set no target for it. CPU per request is the CPU time (utime +
+stime in /proc/PID/stat) of nginx's worker, the bare proxy's or hangup's process over the timed
+wrk run, divided by the requests wrk counted; "cores busy" is that time over the run's wall
+time (1.00: one saturated core, when CPU per request is 1 ÷ req/s). The FastAPI rows are a
+hello world on one uvicorn process each (--log-level warning --no-access-log), plain uvicorn in
+the direct column, with hangup's cancelling protocol in hangup's, under the same wrk load at
+GET /. hangup `--workers 2` runs on both cores: on a 2-core machine one worker shares its core
+with wrk, the origin and this driver, so its ratio to one process understates what two free
+cores give."""
 
 
 def to_json(results: Results, run: Run) -> dict[str, object]:
@@ -474,6 +527,13 @@ def to_json(results: Results, run: Run) -> dict[str, object]:
         "hangup_rst_loaded_ms": _by_target(results.loaded, Hangup.RST),
         "load_during_hangups": {t: [asdict(r) for r in runs] for t, runs in results.load.items()},
         "memory_kib": {target: asdict(reading) for target, reading in results.memory.items()},
+        "cpu": {
+            f"{target}/{case}": [
+                {**asdict(use), "us_per_request": use.us_per_request} for use in uses
+            ]
+            for (target, case), uses in results.cpu.items()
+        },
+        "backends": {key: [asdict(r) for r in runs] for key, runs in results.backends.items()},
         "problems": run.problems,
         "warnings": run.warnings,
         "others_cores": [{"run": label, "cores": cores} for label, cores in run.interference],
@@ -497,9 +557,7 @@ def _say(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/run", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="a smoke run of well under a minute (CI)"
-    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute (CI)")
     parser.add_argument("--json", type=Path, help="also write every sample to this JSON file")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
@@ -529,9 +587,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             fleet.stop_all()
         run.warnings += nginx.complaints(prefix)
-        run.problems += bare_proxy_complaints(prefix)
+        run.problems += stderr_complaints(prefix)
     print(preamble(plan, tools, pinning, run.interference, command), end="\n\n")
     print(render(results, held_target=plan.held), end="\n\n")
+    print(cpu_note(results), end="\n\n")
     print(NOTES)
     if args.json is not None:
         args.json.write_text(json.dumps(to_json(results, run), indent=2) + "\n")

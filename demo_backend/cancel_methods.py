@@ -1,9 +1,11 @@
-"""Which request methods are cancelled when the client hangs up: a small pure policy.
+"""The backend's cancel policy, read from the environment: ``HANGUP_CANCEL_METHODS`` and
+``HANGUP_TRUST_DECISION_HEADER``.
 
-The same rule as the proxy's: by default only methods that RFC 9110 §9.2.1 calls *safe* and that
-carry no request content worth finishing (GET, HEAD, OPTIONS, TRACE) are cancelled; a write (POST,
-PUT, PATCH, DELETE, ...) runs to completion because stopping it half-way can leave the backend's
-state half-changed. ``*`` opts every method in.
+The rule and its parser are the proxy's (``proxy.policy.methods``), so both halves of hangup read
+the variable alike: by default only methods that RFC 9110 §9.2.1 calls *safe* (GET, HEAD,
+OPTIONS, TRACE) are cancelled; a write runs to completion, because stopping it half-way can leave
+the backend's state half-changed. ``*`` opts every method in. The backend holds the policy as a
+set of names, ``{"*"}`` for every method (``CancelPolicy.names``).
 """
 
 from __future__ import annotations
@@ -12,28 +14,18 @@ import os
 from collections.abc import Mapping
 
 from demo_backend.environment import from_env
-from proxy.policy import methods as proxy_policy
 from proxy.policy.decision_header import TRUST_VAR
+from proxy.policy.methods import CancelPolicy, parse_cancel_methods
 from proxy.settings.config import parse_bool
 
 ENV_VAR = "HANGUP_CANCEL_METHODS"
-ALL_METHODS = proxy_policy.ALL_METHODS
-DEFAULT_CANCEL_METHODS: frozenset[str] = proxy_policy.DEFAULT_CANCEL_METHODS
-
-
-def parse_cancel_methods(text: str) -> frozenset[str]:
-    """``"GET,HEAD"`` -> ``{"GET", "HEAD"}``; ``"*"`` -> ``{"*"}`` (every method); ``""`` -> none.
-
-    Both halves of hangup read ``HANGUP_CANCEL_METHODS``, so the parsing is the proxy's own
-    (``proxy.policy.methods``): names upper-cased, blanks between commas skipped, empty means never.
-    """
-    policy = proxy_policy.parse_cancel_methods(text)
-    return frozenset({ALL_METHODS}) if policy.methods is None else policy.methods
+DEFAULT_CANCEL_METHODS = CancelPolicy().names
+"""What is cancelled while ``HANGUP_CANCEL_METHODS`` is unset: the proxy's default."""
 
 
 def cancel_methods_from_env(environ: Mapping[str, str] = os.environ) -> frozenset[str]:
     """The methods named by ``HANGUP_CANCEL_METHODS`` when it is set, else the default."""
-    return from_env(environ, ENV_VAR, parse_cancel_methods, DEFAULT_CANCEL_METHODS)
+    return from_env(environ, ENV_VAR, parse_cancel_methods, CancelPolicy()).names
 
 
 def trust_decision_header_from_env(environ: Mapping[str, str] = os.environ) -> bool:
@@ -43,13 +35,3 @@ def trust_decision_header_from_env(environ: Mapping[str, str] = os.environ) -> b
     (``proxy.policy.decision_header``).
     """
     return from_env(environ, TRUST_VAR, parse_bool, False)
-
-
-def should_cancel(method: str, cancel_methods: frozenset[str]) -> bool:
-    """Whether a request with ``method`` is cancelled when its client hangs up."""
-    return ALL_METHODS in cancel_methods or method in cancel_methods
-
-
-def describe(cancel_methods: frozenset[str]) -> str:
-    """The policy as an operator writes it, for log lines: ``GET,HEAD,OPTIONS,TRACE`` or ``*``."""
-    return ",".join(sorted(cancel_methods))

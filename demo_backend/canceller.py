@@ -20,9 +20,9 @@ import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from demo_backend import hangup_signal
-from demo_backend.cancel_methods import should_cancel
 from demo_backend.request_id import request_id_from_headers
 from proxy.policy.decision_header import decided_cancellable
+from proxy.policy.methods import CancelPolicy
 
 HANGUP_CANCEL_MESSAGE = "client hung up"
 
@@ -119,6 +119,7 @@ class ConnectionCanceller:
     ) -> None:
         self.app = app
         self.cancel_methods = cancel_methods
+        self._policy = CancelPolicy.from_names(cancel_methods)
         self.trust_decision_header = trust_decision_header
         # Keep-alive runs requests one after another, but request N can still be running its
         # background work while request N+1 is answered: each has its own entry.
@@ -163,7 +164,7 @@ class ConnectionCanceller:
             decided = decided_cancellable(scope["headers"])
             if decided is not None:
                 return decided
-        return should_cancel(scope["method"], self.cancel_methods)
+        return self._policy.should_cancel(scope["method"])
 
     def connection_lost(self) -> None:
         """Cancel every request of this connection whose response is incomplete and cancellable."""

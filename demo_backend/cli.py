@@ -12,7 +12,7 @@ import sys
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn, cast
+from typing import TYPE_CHECKING, cast
 
 import uvicorn
 
@@ -20,16 +20,15 @@ from demo_backend.app import create_app
 from demo_backend.cancel_methods import (
     ENV_VAR,
     cancel_methods_from_env,
-    describe,
-    parse_cancel_methods,
     trust_decision_header_from_env,
 )
-from demo_backend.environment import USAGE_ERROR
 from demo_backend.server import BackendServer
 from demo_backend.work.routes import WorkSettings
 from proxy.logs.configure import LOG_FORMATS, LogFormat, configure_logging
 from proxy.observability.provenance import hangup_version
 from proxy.policy.decision_header import DECISION_HEADER, TRUST_VAR
+from proxy.policy.methods import CancelPolicy, parse_cancel_methods
+from proxy.settings.command_line import OneLineParser
 from proxy.settings.config import parse_bool
 
 if TYPE_CHECKING:
@@ -71,13 +70,6 @@ class BackendOptions:
     """Where ``/work/postgres`` and ``/work/relay`` reach out to; unset, they answer 503."""
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse prints the whole usage block on error; an operator needs the line that matters."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -101,7 +93,7 @@ def _port(text: str) -> int:
 
 def _cancel_methods(text: str) -> frozenset[str]:
     try:
-        return parse_cancel_methods(text)
+        return parse_cancel_methods(text).names
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
@@ -146,9 +138,10 @@ def default_http() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog=PROG,
         description="The hangup demo backend: slow endpoints on uvicorn, cancelled on hang-up.",
+        hint=" (see --help)",
     )
     parser.add_argument(
         "--version",
@@ -292,7 +285,7 @@ def run(options: BackendOptions) -> None:
     server = BackendServer(
         config,
         http=options.http,
-        cancel_methods=describe(options.cancel_methods),
+        cancel_methods=CancelPolicy.from_names(options.cancel_methods).describe(),
         trust_decision_header=options.trust_decision_header,
     )
     server.run()

@@ -9,7 +9,7 @@ cannot start (``STARTUP_FAILURE``, 3, as for an app it cannot import). That stat
 ``uvicorn --workers N``: its supervisor stops on a child that exits with it, and restarts a child
 that exits with any other, which for a bad variable would be a restart loop
 (uvicorn/supervisors/multiprocess.py, encode/uvicorn discussion #2440). The CLIs report a bad flag
-with argparse's status 2 (``USAGE_ERROR``).
+with argparse's status 2 (``proxy.settings.command_line.USAGE_ERROR``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from uvicorn.config import STARTUP_FAILURE
-
-USAGE_ERROR = 2
 
 T = TypeVar("T")
 

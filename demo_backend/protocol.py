@@ -13,15 +13,16 @@ Theory of operation
 uvicorn never cancels a request task on disconnect: ``connection_lost`` only sets
 ``cycle.disconnected`` and wakes ``receive()``, which then answers ``http.disconnect``; a handler
 that is not reading its body (sleeping, awaiting a database) never learns. These subclasses add the
-missing step without touching uvicorn's shared state:
+missing step (one mixin, ``ConnectionCancelling``, for both) without touching uvicorn's shared
+state:
 
-1. In ``__init__`` (one protocol instance per TCP connection) ``self.app`` is replaced by a
-   ``ConnectionCanceller`` wrapping it. uvicorn reads ``self.app`` when it starts each request task,
-   ``loop.create_task(cycle.run_asgi(app))`` (``H11Protocol.handle_events``;
-   ``HttpToolsProtocol.on_headers_complete``, also for requests queued in ``self.pipeline``), so
-   the wrapper is the outermost ASGI layer of every request of this connection, and only of it.
-   The server-wide ``self.tasks`` set is left alone, so ``--limit-concurrency`` (which calls
-   ``len(self.tasks)``) keeps working.
+1. In ``connection_made`` (one protocol instance per TCP connection, called before its first
+   byte is read) ``self.app`` is replaced by a ``ConnectionCanceller`` wrapping it. uvicorn reads
+   ``self.app`` when it starts each request task, ``loop.create_task(cycle.run_asgi(app))``
+   (``H11Protocol.handle_events``; ``HttpToolsProtocol.on_headers_complete``, also for requests
+   queued in ``self.pipeline``), so the wrapper is the outermost ASGI layer of every request of
+   this connection, and only of it. The server-wide ``self.tasks`` set is left alone, so
+   ``--limit-concurrency`` (which calls ``len(self.tasks)``) keeps working.
 2. The wrapper runs inside the request task: ``asyncio.current_task()`` is that task. It records
    the task with the method, path and request id, and wraps ``send`` to note when the app hands
    over the final ``http.response.body`` (``more_body`` false) or ``http.response.pathsend``.
@@ -46,8 +47,8 @@ The request task is always registered before its connection can be lost: ``creat
 the task's first step with ``call_soon`` while uvicorn handles the request head, and asyncio's and
 uvloop's transports deliver ``connection_lost`` through ``call_soon`` too, later in FIFO order.
 
-Relies on uvicorn internals (``self.app``, ``connection_lost``); pyproject pins uvicorn to the
-range that the tests exercise with both h11 and httptools.
+Relies on uvicorn internals (``self.app``, ``connection_made``, ``connection_lost``); pyproject
+pins uvicorn to the range that the tests exercise with both h11 and httptools.
 
 Known limitations
 -----------------
@@ -65,12 +66,11 @@ Known limitations
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar, Literal, TypeVar, cast
+from typing import ClassVar, Literal, TypeVar, cast
 
-from uvicorn.config import Config
+from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.server import ServerState
 
 from demo_backend.cancel_methods import cancel_methods_from_env, trust_decision_header_from_env
 from demo_backend.canceller import ConnectionCanceller
@@ -79,57 +79,44 @@ from demo_backend.environment import value_or_exit
 HttpImplementation = Literal["h11", "httptools"]
 
 # Read once at import, so `uvicorn --http demo_backend.protocol:CancellingH11Protocol` is configured
-# by the environment alone; a bad value ends the process with one line naming the variable, exit 2.
+# by the environment alone; a bad value ends the process with one line naming the variable, exit 3
+# (demo_backend.environment.value_or_exit).
 _CANCEL_METHODS_FROM_ENV = value_or_exit(cancel_methods_from_env)
 _TRUST_DECISION_HEADER_FROM_ENV = value_or_exit(trust_decision_header_from_env)
 
 
-class CancellingH11Protocol(H11Protocol):
+class ConnectionCancelling(asyncio.Protocol):
+    """The cancelling half of both protocols below; the other half is uvicorn's (module docstring).
+
+    Listed first among the bases, so that its ``connection_made`` and ``connection_lost`` run
+    around uvicorn's own: ``class P(ConnectionCancelling, H11Protocol)``.
+    """
+
+    cancel_methods: ClassVar[frozenset[str]] = _CANCEL_METHODS_FROM_ENV
+    trust_decision_header: ClassVar[bool] = _TRUST_DECISION_HEADER_FROM_ENV
+
+    app: ASGIApp
+    """uvicorn's: the app it starts each request of this connection with."""
+    canceller: ConnectionCanceller
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.canceller = ConnectionCanceller(
+            self.app, self.cancel_methods, trust_decision_header=self.trust_decision_header
+        )
+        self.app = self.canceller
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.canceller.connection_lost()
+
+
+class CancellingH11Protocol(ConnectionCancelling, H11Protocol):
     """uvicorn's h11 protocol, plus: a hang-up cancels the unanswered request (module docstring)."""
 
-    cancel_methods: ClassVar[frozenset[str]] = _CANCEL_METHODS_FROM_ENV
-    trust_decision_header: ClassVar[bool] = _TRUST_DECISION_HEADER_FROM_ENV
 
-    def __init__(
-        self,
-        config: Config,
-        server_state: ServerState,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        self.canceller = ConnectionCanceller(
-            self.app, self.cancel_methods, trust_decision_header=self.trust_decision_header
-        )
-        self.app = self.canceller
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self.canceller.connection_lost()
-
-
-class CancellingHttpToolsProtocol(HttpToolsProtocol):
+class CancellingHttpToolsProtocol(ConnectionCancelling, HttpToolsProtocol):
     """uvicorn's httptools protocol, plus: a hang-up cancels the unanswered request."""
-
-    cancel_methods: ClassVar[frozenset[str]] = _CANCEL_METHODS_FROM_ENV
-    trust_decision_header: ClassVar[bool] = _TRUST_DECISION_HEADER_FROM_ENV
-
-    def __init__(
-        self,
-        config: Config,
-        server_state: ServerState,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        self.canceller = ConnectionCanceller(
-            self.app, self.cancel_methods, trust_decision_header=self.trust_decision_header
-        )
-        self.app = self.canceller
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self.canceller.connection_lost()
 
 
 # uvicorn's own "auto" picks httptools when it is importable; uvicorn[standard], which we depend

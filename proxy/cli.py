@@ -2,7 +2,8 @@
 
 Every flag can also be set by an environment variable named ``HANGUP_`` + the flag in upper case
 with dashes as underscores (``--upstream-timeout`` → ``HANGUP_UPSTREAM_TIMEOUT``); a flag on the
-command line wins over the variable. A bad value gets one line on stderr and exit status 2.
+command line wins over the variable, and with neither the ``ProxyConfig`` field keeps its
+default. A bad value gets one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -11,16 +12,20 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from dataclasses import MISSING, dataclass, fields
+from typing import Any
 
 from proxy.logs.configure import LOG_FORMATS, configure_logging
 from proxy.observability.provenance import check_package, hangup_version
-from proxy.policy.methods import parse_cancel_methods
+from proxy.policy.methods import CancelPolicy, parse_cancel_methods
 from proxy.policy.routes import load_policy_file, parse_rules
 from proxy.serving.server import ListenError, run
+from proxy.settings.command_line import OneLineParser
 from proxy.settings.config import (
     ProxyConfig,
+    format_buffer_size,
+    format_optional_size,
+    format_size,
     parse_bool,
     parse_buffer_size,
     parse_count,
@@ -49,15 +54,34 @@ def _choice(options: Sequence[str]) -> Callable[[str], str]:
     return parse
 
 
+_DEFAULTS: Mapping[str, object] = {
+    field.name: field.default_factory() if field.default_factory is not MISSING else field.default
+    for field in fields(ProxyConfig)
+}
+"""Each ``ProxyConfig`` field's default (``MISSING`` for a required one): the flags' defaults."""
+
+
+def _shown(default: object) -> str | None:
+    """A default as an operator would write it, for --help; None: nothing to show (off)."""
+    if default is None or default == ():
+        return None
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, float):
+        return f"{default:g}"
+    if isinstance(default, CancelPolicy):
+        return default.describe()
+    return str(default)
+
+
 @dataclass(frozen=True)
 class Option:
     flag: str
     field: str
     parse: Callable[[str], Any]
-    default: str | None
     help: str
-    required: bool = False
-    """With no flag, no variable and no default: an error (else the config's own default)."""
+    show: Callable[[Any], str | None] = _shown
+    """The default (``ProxyConfig``'s) as --help writes it; returns None to show none."""
     switch: bool = False
     """The flag alone means ``true`` (``--flag false`` and the variable still work)."""
     repeatable: bool = False
@@ -68,20 +92,27 @@ class Option:
     def env(self) -> str:
         return "HANGUP_" + self.flag.removeprefix("--").replace("-", "_").upper()
 
+    @property
+    def required(self) -> bool:
+        """With no flag and no variable: an error, as the config field has no default."""
+        return _DEFAULTS[self.field] is MISSING
+
+    @property
+    def shown_default(self) -> str | None:
+        return None if self.required else self.show(_DEFAULTS[self.field])
+
 
 OPTIONS = (
     Option(
         "--listen",
         "listen",
         parse_host_port,
-        "127.0.0.1:8080",
         "HOST:PORT where clients connect (port 0: any free port, logged at start)",
     ),
     Option(
         "--workers",
         "workers",
         parse_workers,
-        "1",
         "processes serving clients; above 1, a supervisor starts that many workers sharing the "
         "listen address (SO_REUSEPORT), restarts one that exits, forwards SIGTERM/SIGINT to all, "
         "and alone serves --admin, whose /metrics sums every worker's",
@@ -90,16 +121,13 @@ OPTIONS = (
         "--upstream",
         "upstream",
         parse_upstream,
-        None,
         "http://HOST:PORT of the one backend every request is forwarded to, or unix:/PATH for "
         "a backend on a unix socket (required)",
-        required=True,
     ),
     Option(
         "--cancel-methods",
         "cancel_policy",
         parse_cancel_methods,
-        "GET,HEAD,OPTIONS,TRACE",
         "comma-separated methods whose upstream connection is closed when the client hangs "
         "up, or '*' for all; other methods are carried to the end and the answer discarded",
     ),
@@ -107,7 +135,6 @@ OPTIONS = (
         "--cancel-route",
         "route_rules",
         parse_rules,
-        None,
         "a per-route rule '[METHODS ]PATH=ACTION', ACTION one of cancel, never, grace=SECONDS; "
         "PATH a prefix of whole segments (/slow matches /slow and /slow/x, never /slowly; /api/ "
         "everything under /api/), or a glob with * ? [; repeatable (';' between rules in the "
@@ -118,7 +145,6 @@ OPTIONS = (
         "--policy-file",
         "policy_rules",
         load_policy_file,
-        None,
         "a TOML file of [[route]] tables (methods, path, action, grace), tried after "
         "--cancel-route rules",
     ),
@@ -126,7 +152,6 @@ OPTIONS = (
         "--cancel-grace",
         "cancel_grace",
         parse_grace,
-        "0",
         "seconds a hung-up request under --cancel-methods may still finish before its upstream "
         "connection is closed (an answer in time is discarded, the connection reused); 0: at once",
     ),
@@ -134,7 +159,6 @@ OPTIONS = (
         "--deadline-header",
         "deadline_header",
         parse_header_name,
-        None,
         "a request header (e.g. Request-Timeout) in which a trusted client gives the seconds it "
         "will wait; past them 504 and the upstream connection is closed; capped by "
         "--upstream-timeout; off unless given",
@@ -143,7 +167,6 @@ OPTIONS = (
         "--upstream-timeout",
         "upstream_timeout",
         parse_seconds,
-        "60",
         "seconds to wait for the upstream's response headers once the request is sent, and "
         "then between two body reads; past it the client gets 504",
     ),
@@ -151,14 +174,12 @@ OPTIONS = (
         "--connect-timeout",
         "connect_timeout",
         parse_seconds,
-        "5",
         "seconds to wait for a TCP connection to the upstream; past it, or on refusal, 502",
     ),
     Option(
         "--upstream-keepalive-timeout",
         "upstream_keepalive_timeout",
         parse_seconds,
-        "4",
         "seconds an idle upstream connection is pooled; keep it below the backend's own idle "
         "timeout (uvicorn: 5)",
     ),
@@ -166,7 +187,6 @@ OPTIONS = (
         "--upstream-max-connections",
         "upstream_max_connections",
         parse_count,
-        "1024",
         "most upstream requests and WebSocket tunnels at once (per worker); one more is answered "
         "503 at once, never queued",
     ),
@@ -174,14 +194,12 @@ OPTIONS = (
         "--client-keepalive-timeout",
         "client_keepalive_timeout",
         parse_seconds,
-        "75",
         "seconds an idle client keep-alive connection stays open",
     ),
     Option(
         "--drain-timeout",
         "drain_timeout",
         parse_seconds,
-        "25",
         "on SIGTERM/SIGINT: stop accepting, close idle connections, give in-flight requests this "
         "many seconds, then exit 0 (a second signal exits at once with status 1)",
     ),
@@ -189,29 +207,26 @@ OPTIONS = (
         "--header-timeout",
         "header_timeout",
         parse_seconds,
-        "15",
         "seconds a client has to send a whole request header block; past it 408 and close",
     ),
     Option(
         "--body-timeout",
         "body_timeout",
         parse_seconds,
-        "60",
         "seconds the whole request body has, from the end of its head; past it 408 and close",
     ),
     Option(
         "--request-buffer-size",
         "request_buffer_size",
         parse_buffer_size,
-        "64k",
         "a request body up to this size is read whole before the upstream is contacted; a larger "
         "one is streamed",
+        show=format_buffer_size,
     ),
     Option(
         "--send-timeout",
         "send_timeout",
         parse_seconds,
-        "60",
         "seconds a client may accept no byte of its answer; past it the client is cut and the "
         "upstream connection closed",
     ),
@@ -219,49 +234,46 @@ OPTIONS = (
         "--max-client-connections",
         "max_client_connections",
         parse_count,
-        "10000",
         "most client connections at once; past it a new connection gets 503 and is closed",
     ),
     Option(
         "--max-uri-size",
         "max_uri_size",
         parse_size,
-        "8k",
         "longest request target (414 past it); sizes take k, m, g suffixes",
+        show=format_size,
     ),
     Option(
         "--max-header-size",
         "max_header_field_size",
         parse_size,
-        "16k",
         "longest single header field name or value (431 past it)",
+        show=format_size,
     ),
     Option(
         "--max-header-block-size",
         "max_header_block_size",
         parse_size,
-        "64k",
         "most bytes in all request header fields together (431 past it)",
+        show=format_size,
     ),
     Option(
         "--max-headers",
         "max_headers",
         parse_count,
-        "100",
         "most request header fields (431 past it)",
     ),
     Option(
         "--max-body-size",
         "max_body_size",
         parse_optional_size,
-        "off",
         "largest request body (413 past it, also mid-stream); 'off' for no limit",
+        show=format_optional_size,
     ),
     Option(
         "--admin",
         "admin",
         parse_host_port,
-        None,
         "HOST:PORT of the admin listener (/healthz, /livez, /readyz, /metrics), separate from "
         "client traffic; off unless given (port 0: any free port, logged at start)",
     ),
@@ -269,7 +281,6 @@ OPTIONS = (
         "--ready-check-upstream",
         "ready_check_upstream",
         parse_bool,
-        "false",
         "also answer /readyz 503 while the upstream refuses TCP connections (never a start-up "
         "check)",
         switch=True,
@@ -278,28 +289,19 @@ OPTIONS = (
         "--log-format",
         "log_format",
         _choice(LOG_FORMATS),
-        "json",
         "json (one object per line) or console (for people)",
     ),
     Option(
         "--log-level",
         "log_level",
         _choice(LOG_LEVELS),
-        "info",
         "lowest level written: " + ", ".join(LOG_LEVELS),
     ),
 )
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse, but an error is one line (no usage dump) and exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog="hangup-proxy",
         description="A reverse proxy that closes the upstream connection the moment the client "
         "hangs up, so the backend stops working for nobody.",
@@ -315,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="print hangup-proxy and the installed version, then exit",
     )
     for option in OPTIONS:
-        default = "" if option.default is None else f"; default {option.default}"
+        shown = option.shown_default
+        default = "" if shown is None else f"; default {shown}"
         switch: dict[str, Any] = {"nargs": "?", "const": "true"} if option.switch else {}
         if option.repeatable:
             switch = {"action": "append"}
@@ -347,11 +350,9 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> ProxyConfig
         if raw is None and environ.get(option.env):
             raw, source = environ[option.env], option.env
         if raw is None:
-            raw = option.default
-        if raw is None:
             if option.required:
                 parser.error(f"{option.flag} is required (or set {option.env})")
-            continue
+            continue  # ProxyConfig's own default
         try:
             values[option.field] = option.parse(raw)
         except ValueError as exc:

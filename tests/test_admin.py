@@ -6,7 +6,7 @@ import asyncio
 import os
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -146,14 +146,6 @@ async def test_script_counts_a_real_hang_up_in_its_metrics(upstream: RawUpstream
     assert metrics.value("hangup_client_disconnects_total", phase="awaiting_upstream_headers") == 1
     assert metrics.value("hangup_upstream_cancellations_total") == 1
     assert metrics.value("hangup_cancel_propagation_seconds_count") == 1
-
-
-@pytest.fixture
-def taken_port() -> Iterator[int]:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        sock.listen()
-        yield int(sock.getsockname()[1])
 
 
 def test_script_names_a_taken_admin_address_in_one_line(taken_port: int) -> None:

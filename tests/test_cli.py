@@ -9,9 +9,8 @@ import dataclasses
 import importlib.metadata
 import json
 import os
-import socket
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -597,15 +596,6 @@ def test_script_reports_a_bad_value_in_one_line_with_exit_status_2(
     assert finished.returncode == 2
     assert finished.stdout == ""
     assert expected in assert_one_error_line(finished)
-
-
-@pytest.fixture
-def taken_port() -> Iterator[int]:
-    """A port on 127.0.0.1 that this test is listening on, so the proxy cannot bind it."""
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        sock.listen()
-        yield int(sock.getsockname()[1])
 
 
 def listen_on_taken_port(port: int) -> subprocess.CompletedProcess[str]:

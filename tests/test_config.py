@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.settings.config import parse_count, parse_seconds
+from proxy.settings.config import format_size, parse_count, parse_seconds, parse_size
 from proxy.upstream.address import Upstream, parse_upstream
 from proxy.wire.address import HostPort, parse_host_port
 
@@ -229,3 +229,25 @@ def test_parse_count(text: str, expected: int) -> None:
 def test_parse_count_rejects(text: str) -> None:
     with pytest.raises(ValueError, match=re.escape(f"at least 1, got {text!r}")):
         parse_count(text)
+
+
+# --- format_size (how --help shows a size default) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        pytest.param(65536, "64k", id="kibibytes"),
+        pytest.param(10 * 1024**2, "10m", id="mebibytes"),
+        pytest.param(1024**3, "1g", id="gibibytes"),
+        pytest.param(1000, "1000", id="no-whole-unit"),
+        pytest.param(1536, "1536", id="not-a-whole-kibibyte"),
+    ],
+)
+def test_format_size(size: int, expected: str) -> None:
+    assert format_size(size) == expected
+
+
+@given(st.integers(1, 2**40))
+def test_a_formatted_size_parses_back_to_itself(size: int) -> None:
+    assert parse_size(format_size(size)) == size

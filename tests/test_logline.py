@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 import structlog
 
-from proxy.exchange import state as exchange_module
 from proxy.exchange.state import Exchange
 from proxy.logs import logline
 from proxy.logs.logstream import LogStream
@@ -51,29 +50,30 @@ BUFFERED_STDOUT = {"PYTHONUNBUFFERED": ""}
 
 EXCHANGES = r"""
 import structlog
-from proxy.exchange.state import Exchange, Outcome
+from proxy.exchange.state import Exchange
 from proxy.policy.routes import Action, Decision
+from proxy.upstream.connection import UpstreamConnectError
 
 def completed():
     exchange = Exchange("rid-1", "GET", "/päth", "127.0.0.1", cancellable=True)
-    exchange.upstream_status = 200
-    exchange.finish(Outcome.COMPLETED, 200)
+    exchange.upstream_answered(200)
+    exchange.completed(200)
     return exchange
 
 def hung_up():
     exchange = Exchange("rid-2", "POST", "/slow", None, cancellable=False)
     exchange.decision = Decision(Action.GRACE, 2.5, "POST /slow*")
-    exchange.hung_up()
+    exchange.client_left()
     return exchange
 
 def odd_completed():
     exchange = Exchange("rid-5", "GET", '/"q"\\\x01\u2028', None, cancellable=True)
-    exchange.finish(Outcome.COMPLETED, 204)
+    exchange.completed(204)
     return exchange
 
 def upstream_error():
     exchange = Exchange("rid-3", "GET", "/", "::1", cancellable=True)
-    exchange.finish(Outcome.UPSTREAM_ERROR, 502, "connection refused")
+    exchange.upstream_failed(UpstreamConnectError("connection refused"))
     return exchange
 """
 
@@ -138,7 +138,7 @@ for exchange in exchanges:
     ],
 )
 def test_the_usual_fields_render_as_json_dumps_writes_them(fields: dict[str, Any]) -> None:
-    members = exchange_module._render_usual_fields(dict(fields))
+    members = logline.render_request_fields(dict(fields))
 
     assert members is not None
     assert "{" + members + "}" == json.dumps(fields)
@@ -155,7 +155,7 @@ def test_the_usual_fields_render_as_json_dumps_writes_them(fields: dict[str, Any
     ],
 )
 def test_any_other_shape_is_left_to_the_json_encoder(fields: dict[str, Any]) -> None:
-    assert exchange_module._render_usual_fields(dict(fields)) is None
+    assert logline.render_request_fields(dict(fields)) is None
 
 
 def test_the_timestamp_is_iso_8601_utc_with_microseconds_and_now() -> None:
@@ -225,7 +225,7 @@ loop.close()
 def test_a_capture_sees_the_canonical_line_with_every_field() -> None:
     exchange = Exchange("rid-4", "DELETE", "/item", "127.0.0.1", cancellable=True)
     exchange.decision = Decision(Action.CANCEL, 0.0, "default")
-    exchange.hung_up()
+    exchange.client_left()
 
     with watch_logs() as logs:
         exchange.write_log_line()

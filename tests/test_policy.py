@@ -27,7 +27,9 @@ def test_default_policy_cancels_exactly_the_safe_methods() -> None:
         pytest.param("*", None, id="star-means-every-method"),
         pytest.param("  *  ", None, id="star-with-spaces"),
         pytest.param("GET", frozenset({"GET"}), id="one-method"),
+        pytest.param("GET,HEAD", frozenset({"GET", "HEAD"}), id="two-methods"),
         pytest.param("get,Post", frozenset({"GET", "POST"}), id="lower-case-normalised"),
+        pytest.param(" get , Head ", frozenset({"GET", "HEAD"}), id="spaces-and-case"),
         pytest.param(" GET , HEAD ", frozenset({"GET", "HEAD"}), id="spaces-around-methods"),
         pytest.param("GET,,HEAD,", frozenset({"GET", "HEAD"}), id="empty-elements-ignored"),
         pytest.param("GET,GET", frozenset({"GET"}), id="repeats-collapse"),
@@ -101,6 +103,21 @@ def test_should_cancel(policy: CancelPolicy, method: str, expected: bool) -> Non
 )
 def test_describe(policy: CancelPolicy, expected: str) -> None:
     assert policy.describe() == expected
+
+
+@pytest.mark.parametrize(
+    ("policy", "names"),
+    [
+        pytest.param(DEFAULT, SAFE_METHODS, id="default"),
+        pytest.param(EVERY, frozenset({"*"}), id="star-for-every-method"),
+        pytest.param(NEVER, frozenset(), id="never"),
+        pytest.param(WRITES, frozenset({"POST", "PUT"}), id="a-list"),
+    ],
+)
+def test_a_policy_as_a_set_of_names_and_back(policy: CancelPolicy, names: frozenset[str]) -> None:
+    # The demo backend's form (demo_backend.cancel_methods): one set, `*` standing for all.
+    assert policy.names == names
+    assert CancelPolicy.from_names(names) == policy
 
 
 # RFC 9110 §5.6.2: a method is a token; a lone `*` means "every method" instead.

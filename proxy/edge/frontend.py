@@ -1,10 +1,13 @@
 """The client-facing connections: aiohttp's low-level server, hardened as a gate.
 
-aiohttp's ``RequestHandler`` parses strictly, but four things are left to the application
-(cancellation-facts §3): it answers every parse failure with a bare 400 and an error-level
-traceback; it has no deadline for receiving a request's header block (a slowloris client holds a
-connection forever); it waits for ever on a client that does not read its answer; and it accepts
-any number of connections. ``GateRequestHandler`` adds those:
+aiohttp's ``RequestHandler`` parses strictly, but four things are left to the application (read
+in aiohttp 3.14's ``aiohttp/web_protocol.py`` and ``aiohttp/base_protocol.py``): it answers every
+parse failure with a bare 400 and an error-level traceback (``data_received`` turns the
+``HttpProcessingError`` into a 400 that ``handle_error`` logs through ``log_exception``); it has no
+deadline for receiving a request's header block, its only timer being ``keepalive_timeout`` (a
+slowloris client holds a connection forever); it waits for ever on a client that does not read
+its answer (``BaseProtocol._drain_helper`` awaits its drain waiter unbounded); and it accepts any
+number of connections. ``GateRequestHandler`` adds those:
 
 * parse refusals get the status that names them (414, 431, 400; ``proxy.edge.gate``), a short text
   body, and one ``request_rejected`` log line without a traceback;
@@ -35,15 +38,18 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.edge.coalesce import CoalescingTransport, EndOfTurn
-from proxy.edge.gate import Limits, Rejection, rejection_for_parse_error
+from proxy.edge.gate import (
+    CONNECTION_LIMIT,
+    HEADER_TIMEOUT,
+    Limits,
+    Rejection,
+    rejection_for_parse_error,
+)
 from proxy.edge.heads import HeadWatch
 from proxy.wire.response import proxy_answer
 
 RejectionSink = Callable[[Rejection, str | None], None]
 """Told of every refusal (logging and metrics): the rejection and the client's address."""
-
-HEADER_TIMEOUT = Rejection(408, "header_timeout", "request headers not received in time")
-CONNECTION_LIMIT = Rejection(503, "client_connection_limit", "too many client connections")
 
 
 def canned_response(rejection: Rejection) -> bytes:
@@ -114,7 +120,7 @@ class GateRequestHandler(RequestHandler):
         report only through a queued ``connection_lost``). The forwarder closes the request's
         upstream connection here, before aiohttp cancels the handler, with no wait for a turn.
         A FIN is a hang-up even as a half-close: aiohttp closes the connection on it anyway
-        (cancellation-facts: half-close)."""
+        (``RequestHandler.eof_received`` returns None, so asyncio closes the transport)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Every write aiohttp makes for this client leaves at the end of the turn

@@ -56,6 +56,30 @@ class Rejection:
         return f"{self.status} {self.text}\n"
 
 
+# Every refusal the proxy makes has its reason here (the metrics' label values and the log's
+# ``reason``); those that depend on a limit are built by the function next to their check.
+
+# The request line and Host (RFC 9112 §3.2).
+BAD_TARGET = Rejection(400, "bad_request_target", "the request target is malformed")
+MISSING_HOST = Rejection(400, "missing_host", "an HTTP/1.1 request must carry Host")
+MULTIPLE_HOSTS = Rejection(400, "multiple_hosts", "the request carries more than one Host")
+BAD_HOST = Rejection(400, "bad_host", "the Host value is not host[:port]")
+# The client connection (``proxy.edge.frontend``).
+HEADER_TIMEOUT = Rejection(408, "header_timeout", "request headers not received in time")
+CONNECTION_LIMIT = Rejection(503, "client_connection_limit", "too many client connections")
+# The exchange (``proxy.serving``): its body, its Expect, the upstream slots.
+BODY_TIMEOUT = Rejection(408, "body_timeout", "the request body did not arrive in time")
+BAD_BODY = Rejection(400, "bad_request_body", "the request body could not be read")
+UPSTREAM_BUSY = Rejection(503, "upstream_connection_limit", "too many upstream requests at once")
+UNSUPPORTED_EXPECTATION = Rejection(
+    417, "unsupported_expectation", "only the 100-continue expectation is supported"
+)
+# A WebSocket handshake (``proxy.websocket.tunnels``).
+HANDSHAKE_WITH_BODY = Rejection(
+    400, "websocket_handshake_with_body", "a WebSocket handshake carries no body"
+)
+
+
 def rejection_for_parse_error(exc: BaseException | None, limits: Limits) -> Rejection:
     """Name what aiohttp's parser refused; it answers every parse failure with a bare 400."""
     if isinstance(exc, LineTooLong):
@@ -178,11 +202,6 @@ def _coding_rejection(version: tuple[int, int], codings: Sequence[str]) -> Rejec
         )
     return None
 
-
-BAD_TARGET = Rejection(400, "bad_request_target", "the request target is malformed")
-MISSING_HOST = Rejection(400, "missing_host", "an HTTP/1.1 request must carry Host")
-MULTIPLE_HOSTS = Rejection(400, "multiple_hosts", "the request carries more than one Host")
-BAD_HOST = Rejection(400, "bad_host", "the Host value is not host[:port]")
 
 # RFC 9112 §3.2: Host = uri-host [ ":" port ], from RFC 3986 §3.2.2-3.2.3: an IP-literal in
 # brackets, or a reg-name (which an IPv4 address also matches), then any digits as the port.

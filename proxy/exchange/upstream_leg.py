@@ -50,12 +50,19 @@ class UpstreamLeg:
                 self.hooks.remove(self)
 
     def __call__(self) -> None:
-        """The client left: close the connection (never to be pooled), if one is open."""
+        """The client left: record it, and cut the connection, if one is open."""
         connection = self.connection
         if not self.armed or connection is None or connection.lost:
             return
         self.armed = False
-        connection.close()
         stalled = self.client is not None and self.client.send_timed_out
-        self.exchange.client_connection_gone(send_timed_out=stalled)
+        self.exchange.client_left(send_timed_out=stalled)
+        self.cut()
+
+    def cut(self) -> None:
+        """Close the upstream connection (if any), never to be pooled, and record that the
+        client's leaving closed it: the one place a hang-up reaches the upstream socket."""
+        connection = self.connection
+        if connection is not None:
+            connection.close()
         self.exchange.closed_upstream()

@@ -28,6 +28,7 @@ capture sees it exactly as before. The console format always goes through struct
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -70,6 +71,56 @@ fixed shape can do this with one f-string, about three times faster than the JSO
 
 encode_json_string = json.encoder.encode_basestring_ascii
 """A ``str`` as ``json.dumps`` writes it (quoted, escaped, ASCII only)."""
+
+
+REQUEST_FIELDS = (
+    "request_id",
+    "method",
+    "path",
+    "status",
+    "outcome",
+    "duration_ms",
+    "upstream_status",
+    "client",
+)
+"""The fields the canonical ``request`` line gives every request, in order
+(``proxy.exchange.state.Exchange.write_log_line``); the ones only some get come after them."""
+_REQUEST_FIELD_COUNT = len(REQUEST_FIELDS)
+
+
+def render_request_fields(fields: dict[str, Any]) -> str | None:
+    """A ``FieldsRenderer`` for the canonical line of a request that ended without extras.
+
+    That is nearly every request (no hang-up, no reason: exactly ``REQUEST_FIELDS``), and this one
+    f-string costs a third of the JSON encoder's time; any other shape, or a value of another type,
+    is left to the encoder.
+    """
+    if len(fields) != _REQUEST_FIELD_COUNT:
+        return None
+    request_id, method, path = fields["request_id"], fields["method"], fields["path"]
+    status, outcome, duration_ms = fields["status"], fields["outcome"], fields["duration_ms"]
+    upstream_status, client = fields["upstream_status"], fields["client"]
+    if not (
+        request_id.__class__ is method.__class__ is path.__class__ is outcome.__class__ is str
+        and duration_ms.__class__ is float
+        and math.isfinite(duration_ms)
+        and (status is None or status.__class__ is int)
+        and (upstream_status is None or upstream_status.__class__ is int)
+        and (client is None or client.__class__ is str)
+    ):
+        return None
+    string = encode_json_string
+    return (
+        f'"request_id": {string(request_id)}, "method": {string(method)}, '
+        f'"path": {string(path)}, "status": {_json_int(status)}, '
+        f'"outcome": {string(outcome)}, "duration_ms": {duration_ms!r}, '
+        f'"upstream_status": {_json_int(upstream_status)}, '
+        f'"client": {"null" if client is None else string(client)}'
+    )
+
+
+def _json_int(value: int | None) -> str:
+    return "null" if value is None else int.__repr__(value)
 
 
 def _json_fallback(value: Any) -> Any:

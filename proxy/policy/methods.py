@@ -24,6 +24,16 @@ class CancelPolicy:
 
     methods: frozenset[str] | None = DEFAULT_CANCEL_METHODS
 
+    @classmethod
+    def from_names(cls, names: frozenset[str]) -> CancelPolicy:
+        """The policy of a set of method names in which ``*`` stands for every method."""
+        return cls(None if ALL_METHODS in names else names)
+
+    @property
+    def names(self) -> frozenset[str]:
+        """``from_names``' inverse: the methods, or ``{"*"}`` (the demo backend's settings)."""
+        return frozenset({ALL_METHODS}) if self.methods is None else self.methods
+
     def should_cancel(self, method: str) -> bool:
         """True when a hang-up during ``method`` should close the upstream exchange at once."""
         return self.methods is None or method in self.methods

@@ -23,27 +23,17 @@ connection is lost (FIN or RST), ``RequestHandler.connection_lost`` cancels the 
 
 A request body is sent by a task of its own while the exchange waits for the upstream's head, so
 an upstream that answers early (a 413 or a 401 before reading the upload) is heard at once, as
-RFC 9112 §9.3 asks a client to. Every way an exchange can end funnels into ``Exchange.finish``
-(first call wins), then ``_finished``, which pools or closes the upstream connection and writes
-the one canonical log line.
+RFC 9112 §9.3 asks a client to. Every way an exchange can end is one of ``Exchange``'s endings
+(``proxy.exchange.state``: one table, the first ending wins), then ``_finished``, which pools or
+closes the upstream connection and writes the one canonical log line.
 
-Slow clients cannot hold what others need (issue 12). An upstream slot
-(``--upstream-max-connections``) and an upstream connection are taken only once a request can be
-sent at the speed of the upstream:
-
-* A body of up to ``--request-buffer-size`` (64 KiB by default) is read whole first
-  (``_read_ahead``), as nginx's ``proxy_request_buffering`` and HAProxy's
-  ``http-buffer-request`` do, and sent with its head in one write. A slow uploader then costs
-  one client connection and its buffer, never a slot; ``Expect: 100-continue`` is answered
-  before that read, since nothing waits upstream. A chunked body that ends within the buffer
-  goes on chunked, in the same one write. A larger body is streamed as it arrives
-  (``_upload``), after the upstream is connected.
-* The whole body must arrive within ``--body-timeout`` of the request's head (→ 408), not only
-  each read: a body trickled a byte at a time cannot hold a slot for longer.
-* A client that accepts no byte of its answer for ``--send-timeout`` is cut
+Slow clients cannot hold what others need (issue 12): a body is read ahead or streamed under
+``--request-buffer-size`` and ``--body-timeout`` (``proxy.serving.request_body``), and an upstream
+slot is taken only once the request can be sent at the speed of the upstream. A client that
+accepts no byte of its answer for ``--send-timeout`` is cut
   (``GateRequestHandler``); its exchange ends as ``send_timeout`` and its upstream connection is
-  closed, whatever the method: the request reached the upstream already, and the rest of an
-  answer nobody reads is not worth a slot.
+closed, whatever the method: the request reached the upstream already, and the rest of an answer
+nobody reads is not worth a slot.
 
 Timeouts: ``--connect-timeout`` bounds the TCP connect (→ 502) and ``--upstream-timeout`` bounds
 the wait for the upstream's head once the request is written, then every gap between body chunks
@@ -59,12 +49,13 @@ import structlog
 from aiohttp import web
 
 from proxy.edge.frontend import GateRequestHandler
-from proxy.edge.gate import Rejection, body_too_large, check_request
-from proxy.exchange.state import Exchange, Outcome, Phase
+from proxy.edge.gate import UNSUPPORTED_EXPECTATION, UPSTREAM_BUSY, Rejection, check_request
+from proxy.exchange.state import Ending, Exchange, Outcome, Phase, PhaseEvent
 from proxy.exchange.upstream_leg import UpstreamLeg
 from proxy.observability.metrics import ProxyMetrics
 from proxy.policy.decision_header import HEADER_LINES
 from proxy.policy.routes import Action, RoutePolicy
+from proxy.serving.request_body import LAST_CHUNK, BodyRelay, ClientBodyError, retrieve_failure
 from proxy.settings.config import ProxyConfig, parse_seconds
 from proxy.upstream.connection import (
     ResponseHead,
@@ -72,7 +63,7 @@ from proxy.upstream.connection import (
     UpstreamError,
 )
 from proxy.upstream.pool import UpstreamPool
-from proxy.websocket.tunnels import WebSocketTunnels, is_websocket_handshake
+from proxy.websocket.tunnels import TUNNEL_DECISION, WebSocketTunnels, is_websocket_handshake
 from proxy.wire.headers import (
     downstream_response_fields,
     expects_continue,
@@ -82,20 +73,9 @@ from proxy.wire.headers import (
     request_target,
     upstream_request_fields,
 )
-from proxy.wire.response import ForwardedResponse, must_be_empty, proxy_answer
+from proxy.wire.response import ForwardedResponse, must_be_empty
 
 log = structlog.get_logger("hangup.proxy")
-
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_LAST_CHUNK = b"0\r\n\r\n"
-
-
-BODY_TIMEOUT = Rejection(408, "body_timeout", "the request body did not arrive in time")
-BAD_BODY = Rejection(400, "bad_request_body", "the request body could not be read")
-UPSTREAM_BUSY = Rejection(503, "upstream_connection_limit", "too many upstream requests at once")
-UNSUPPORTED_EXPECTATION = Rejection(
-    417, "unsupported_expectation", "only the 100-continue expectation is supported"
-)
 
 
 class Forwarder:
@@ -109,8 +89,7 @@ class Forwarder:
         self._pool = pool
         self._metrics = metrics
         self._limits = config.limits
-        self._body_timeout = config.body_timeout
-        self._buffer_size = config.request_buffer_size
+        self._bodies = BodyRelay(config.limits, config.body_timeout, config.request_buffer_size)
         self._upstream_slots = config.upstream_max_connections
         self._upstream_active = 0
         # Set by the server when the drain timeout runs out: from then on a cancellation is the
@@ -123,7 +102,9 @@ class Forwarder:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.raw_path.partition("?")[0]
-        decision = self._routes.decide(request.method, path)
+        websocket = is_websocket_handshake(request)
+        # Route rules and cancel methods do not apply to a tunnel (proxy.websocket.tunnels).
+        decision = TUNNEL_DECISION if websocket else self._routes.decide(request.method, path)
         exchange = Exchange(
             request_id=request_id_from(request.raw_headers),
             method=request.method,
@@ -135,7 +116,7 @@ class Forwarder:
         # Every line logged for this request carries its id, a detached exchange's too (a task
         # starts with a copy of the context it was created in).
         structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
-        if is_websocket_handshake(request):
+        if websocket:
             # A WebSocket session is a tunnel, not an exchange (proxy.websocket.tunnels). It holds
             # an upstream connection for as long as it is open, so it counts towards
             # --upstream-max-connections for all that time.
@@ -171,18 +152,18 @@ class Forwarder:
         try:
             rejection = self._admission(request)
             if rejection is None:
-                ahead, body_deadline = await self._read_ahead(request, exchange)
+                ahead, body_deadline = await self._bodies.read_ahead(request, exchange)
                 # Only now, with what is small read whole, is a slot worth taking.
                 rejection = self._slot_taken()
             if rejection is not None:
-                return _refuse(exchange, rejection)
+                return exchange.refused(rejection)
             self._upstream_active += 1
             try:
                 async with asyncio.timeout_at(self._client_deadline(request)) as budget:
                     connection, head = await self._send_upstream(
                         request, exchange, leg, ahead, body_deadline
                     )
-                    exchange.upstream_status = head.status
+                    exchange.upstream_answered(head.status)
                     return await self._relay_response(request, exchange, connection, head)
             except TimeoutError:
                 if not budget.expired():
@@ -195,16 +176,14 @@ class Forwarder:
             raise
         except ConnectionResetError:
             # Writing to a client that left (its loss may not have been noticed yet).
-            _client_lost(request, exchange)
-            return proxy_answer(499, "client closed the connection")
+            return _client_lost(request, exchange).answer()
         except ClientBodyError as exc:
             # From the upload, which runs beside the wait for the answer.
-            if exchange.client_gone:
-                exchange.hung_up()
-                return proxy_answer(499, "client closed the connection")
-            return _refuse(exchange, exc.rejection)
+            if exc.client_gone or exchange.client_gone:
+                return exchange.client_left().answer()
+            return exchange.refused(exc.rejection)
         except UpstreamError as exc:
-            return self._upstream_failed(exchange, exc)
+            return exchange.upstream_failed(exc).answer()
         finally:
             self._finished(exchange, leg)
 
@@ -219,11 +198,9 @@ class Forwarder:
         connection = leg.connection
         if connection is not None:
             if exchange.client_gone and exchange.cancellable:
-                connection.close()
-                if not exchange.upstream_closed:
-                    # The hang-up surfaced as a failed write to the client rather than as a
-                    # cancellation: this close is the same cancel, so count it as one.
-                    exchange.closed_upstream()
+                # Already cut by the hook, or the hang-up surfaced as a failed write to the
+                # client rather than as a cancellation: this close is the same cancel.
+                leg.cut()
             else:
                 # Pooled only when the exchange ended cleanly (proxy.upstream.connection), else
                 # closed.
@@ -256,10 +233,10 @@ class Forwarder:
 
     def _deadline_passed(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
         """The client's deadline passed: 504 (or a cut, once streaming); the upstream is closed."""
-        exchange.finish(Outcome.UPSTREAM_TIMEOUT, 504, "client_deadline")
+        ending = exchange.deadline_passed()
         if exchange.phase is Phase.STREAMING_RESPONSE and request.transport is not None:
             request.transport.close()
-        return proxy_answer(504, "the request's deadline passed before the upstream answered")
+        return ending.answer()
 
     def _admission(self, request: web.BaseRequest) -> Rejection | None:
         """Whether to refuse the request before any of it is forwarded (``proxy.edge.gate``)."""
@@ -279,13 +256,11 @@ class Forwarder:
     def _cancelled(self, request: web.BaseRequest, exchange: Exchange, leg: UpstreamLeg) -> None:
         """Record why the exchange was cancelled and make sure its upstream socket is closed."""
         if self.cut_off:
-            exchange.finish(Outcome.DRAIN_TIMEOUT, 503, "drain_timeout")
+            exchange.cut_by_drain()
         elif request.transport is None:
             # aiohttp cancelled us because the client's connection is gone.
             _client_lost(request, exchange)
-            if leg.connection is not None:
-                leg.connection.close()
-            exchange.closed_upstream()
+            leg.cut()
 
     async def _send_upstream(
         self,
@@ -295,7 +270,7 @@ class Forwarder:
         ahead: bytes,
         body_deadline: float,
     ) -> tuple[UpstreamConnection, ResponseHead]:
-        """Send the request (what ``_read_ahead`` left from a task of its own) and wait for the
+        """Send the request (what ``read_ahead`` left from a task of its own) and wait for the
         answer's head."""
         has_body = request.body_exists
         whole = not has_body or request.content.at_eof()
@@ -307,7 +282,7 @@ class Forwarder:
         chunked = has_body and length is None
         head = self._request_head(request, exchange, framing_field(length, has_body=has_body))
         if whole and chunked:
-            ahead = (b"%x\r\n%b\r\n" % (len(ahead), ahead) if ahead else b"") + _LAST_CHUNK
+            ahead = (b"%x\r\n%b\r\n" % (len(ahead), ahead) if ahead else b"") + LAST_CHUNK
         connection = leg.connection = await self._pool.acquire()
         if whole:
             # The whole request is at hand: one write, at the end of the turn, as for a GET.
@@ -319,7 +294,7 @@ class Forwarder:
             return connection, await connection.response_head()
         connection.send_request(head, head_only=request.method == "HEAD", body_follows=True)
         upload = leg.upload = asyncio.create_task(
-            self._upload(
+            self._bodies.upload(
                 request,
                 exchange,
                 connection,
@@ -332,7 +307,7 @@ class Forwarder:
                 and expects_continue(request.headers.getall("Expect", [])) is True,
             )
         )
-        upload.add_done_callback(_retrieve_failure)
+        upload.add_done_callback(retrieve_failure)
         await connection.head_or_end_of(upload)
         failure = upload.exception() if upload.done() else None
         # The answer wins over an upload the upstream cut short; a broken client body never does.
@@ -341,50 +316,6 @@ class Forwarder:
         ):
             raise failure
         return connection, await connection.response_head()
-
-    async def _read_ahead(
-        self, request: web.BaseRequest, exchange: Exchange
-    ) -> tuple[bytes, float]:
-        """The body read before the upstream is contacted, and the body's deadline (loop time).
-
-        All of it when it fits ``--request-buffer-size`` (``request.content.at_eof()`` is then
-        True); for a chunked body that turns out larger, the part read so far, which ``_upload``
-        sends first; nothing for a declared length larger than the buffer, or no body. The usual
-        API call (a JSON body of a few KiB) arrived in the same read as its head and is taken
-        without a wait; an ``Expect: 100-continue`` is then left unanswered, as RFC 9110 §10.1.1
-        allows once the content has been received.
-        """
-        if not request.body_exists:
-            return b"", 0.0
-        body_deadline = asyncio.get_running_loop().time() + self._body_timeout
-        length = request.content_length
-        if length is not None and length > self._buffer_size:
-            return b"", body_deadline
-        content = request.content
-        limit = self._limits.max_body_size
-        if content.is_eof():
-            try:
-                body = content.read_nowait()
-            except Exception as exc:  # the stream failed (aiohttp set an exception on it)
-                raise ClientBodyError(BAD_BODY) from exc
-            if limit is not None and len(body) > limit:
-                raise ClientBodyError(body_too_large(limit))
-            return body, body_deadline
-        exchange.phase = Phase.REQUEST_BODY
-        if expects_continue(request.headers.getall("Expect", [])) is True:
-            # RFC 9110 §10.1.1: nothing upstream waits on this body, so it is asked for at once.
-            await request.writer.write(_CONTINUE)
-        pieces: list[bytes] = []
-        received = 0
-        while received < self._buffer_size and (
-            chunk := await self._read_body_chunk(request, exchange, body_deadline)
-        ):
-            received += len(chunk)
-            if limit is not None and received > limit:
-                raise ClientBodyError(body_too_large(limit))
-            pieces.append(chunk)
-        exchange.phase = Phase.AWAITING_UPSTREAM_HEADERS
-        return b"".join(pieces), body_deadline
 
     def _request_head(
         self, request: web.BaseRequest, exchange: Exchange, framing: str | None
@@ -408,60 +339,6 @@ class Forwarder:
         extra = (decision,) if framing is None else (decision, framing)
         return request_head(f"{request.method} {target.origin} HTTP/1.1", fields, *extra)
 
-    async def _upload(
-        self,
-        request: web.BaseRequest,
-        exchange: Exchange,
-        connection: UpstreamConnection,
-        ahead: bytes,
-        body_deadline: float,
-        *,
-        chunked: bool,
-        send_continue: bool,
-    ) -> None:
-        """The rest of the client's body, chunk by chunk as it arrives: never buffered whole."""
-        exchange.phase = Phase.REQUEST_BODY
-        limit = self._limits.max_body_size
-        received = len(ahead)
-        if send_continue:
-            # RFC 9110 §10.1.1: ask for the body only once the upstream is connected and ready for
-            # it, as nginx does; a refused upstream then costs no upload.
-            await request.writer.write(_CONTINUE)
-        chunk = ahead
-        while chunk or (chunk := await self._read_body_chunk(request, exchange, body_deadline)):
-            if chunk is not ahead:
-                received += len(chunk)
-            if limit is not None and received > limit:
-                # A chunked body has no declared size: it is cut where it crosses the limit, and
-                # the upstream sees an incomplete request (its connection is closed, not pooled).
-                raise ClientBodyError(body_too_large(limit))
-            await connection.send_body(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-            chunk = b""
-        if chunked:
-            await connection.send_body(_LAST_CHUNK)
-        connection.request_sent()
-        if exchange.phase is Phase.REQUEST_BODY:
-            exchange.phase = Phase.AWAITING_UPSTREAM_HEADERS
-
-    async def _read_body_chunk(
-        self, request: web.BaseRequest, exchange: Exchange, body_deadline: float
-    ) -> bytes:
-        """The next piece of the client's body (b"" at its end), before the body's deadline.
-
-        The deadline bounds the whole body, from the end of its head (``--body-timeout``), not
-        each read: a body trickled a byte at a time ends with 408 at the same moment as a stalled
-        one.
-        """
-        try:
-            async with asyncio.timeout_at(body_deadline):
-                return await request.content.readany()
-        except TimeoutError as exc:
-            raise ClientBodyError(BODY_TIMEOUT) from exc
-        except Exception as exc:
-            # The client left mid-upload, or its chunked framing broke.
-            exchange.client_gone = request.transport is None
-            raise ClientBodyError(BAD_BODY) from exc
-
     async def _relay_response(
         self,
         request: web.BaseRequest,
@@ -472,10 +349,10 @@ class Forwarder:
         if request.transport is None:
             # A write carried to the end whose client already left: discard the answer, reading
             # it whole so the connection can serve the next request.
-            _client_lost(request, exchange)
+            left = _client_lost(request, exchange)
             await _discard(connection)
-            return proxy_answer(499, "client closed the connection")
-        exchange.phase = Phase.STREAMING_RESPONSE
+            return left.answer()
+        exchange.advance(PhaseEvent.RESPONSE_STARTED)
         response = ForwardedResponse(
             status=head.status,
             reason=head.reason,
@@ -498,47 +375,22 @@ class Forwarder:
         except UpstreamError as exc:
             # Headers are gone already: the only honest signal left is a cut connection, which the
             # client sees as a short body or a missing last chunk.
-            self._upstream_failed(exchange, exc)
+            exchange.upstream_failed(exc)
             if request.transport is not None:
                 request.transport.close()
             return response
-        exchange.finish(Outcome.COMPLETED, head.status)
+        exchange.completed(head.status)
         return response
 
-    def _upstream_failed(self, exchange: Exchange, exc: UpstreamError) -> web.StreamResponse:
-        """The one funnel for upstream failures: pick the status, record the outcome."""
-        status, text = exchange.upstream_failed(exc)
-        return proxy_answer(status, text)
 
-
-def _client_lost(request: web.BaseRequest, exchange: Exchange) -> None:
+def _client_lost(request: web.BaseRequest, exchange: Exchange) -> Ending:
     """The client's connection is gone: it hung up, or the proxy cut it for not reading."""
     protocol = request.protocol
     stalled = isinstance(protocol, GateRequestHandler) and protocol.send_timed_out
-    exchange.client_connection_gone(send_timed_out=stalled)
-
-
-def _retrieve_failure(upload: asyncio.Task[None]) -> None:
-    """Mark an upload's failure as seen: it is acted on only if the answer has not come first."""
-    if not upload.cancelled():
-        upload.exception()
+    return exchange.client_left(send_timed_out=stalled)
 
 
 async def _discard(connection: UpstreamConnection) -> None:
     """Read an unwanted answer to its end without keeping it (the connection may then be pooled)."""
     while await connection.read_body():
         pass
-
-
-class ClientBodyError(Exception):
-    """The client's request body could not be forwarded; ``rejection`` says how to answer."""
-
-    def __init__(self, rejection: Rejection) -> None:
-        super().__init__(rejection.reason)
-        self.rejection = rejection
-
-
-def _refuse(exchange: Exchange, rejection: Rejection) -> web.Response:
-    """Answer a refusal and close: an unread body must never be parsed as a next request."""
-    exchange.finish(Outcome.CLIENT_ERROR, rejection.status, rejection.reason)
-    return proxy_answer(rejection.status, rejection.text, close=True)

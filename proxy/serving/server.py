@@ -1,8 +1,11 @@
 """The proxy's process: the client-facing server, the upstream pool, and their lifetimes.
 
 ``build_server`` is the one place the aiohttp server is configured, so that the entry point and
-the tests run the same thing. It must turn ``handler_cancellation`` on: aiohttp's own test server
-always does (cancellation-facts §3), so only a test of *this* function proves production does.
+the tests run the same thing. It must turn ``handler_cancellation`` on: aiohttp's
+``web_server.Server`` defaults it to False (the option, aio-libs/aiohttp#7056 in 3.9, brought back
+as opt-in the cancellation an earlier release had dropped), while aiohttp's own test server always
+passes True (``aiohttp/test_utils.py``, ``BaseTestServer.start_server``), so only a test of *this*
+function proves production does.
 
 The admin listener (``proxy.observability.admin``) is a runner and site of its own, started after
 the client listener and stopped after the drain. ``RunningProxy.stop`` is the drain: the one

@@ -52,14 +52,30 @@ def parse_size(text: str) -> int:
     return int(number) * _SIZE_UNITS[unit]
 
 
+def format_size(size: int) -> str:
+    """``parse_size``'s inverse, as an operator writes it: ``65536`` -> ``64k``."""
+    for unit, factor in reversed(_SIZE_UNITS.items()):
+        if factor > 1 and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
 def parse_optional_size(text: str) -> int | None:
     """A size as in ``parse_size``, or ``off`` for no limit."""
     return None if text.strip().lower() in ("off", "none", "0") else parse_size(text)
 
 
+def format_optional_size(size: int | None) -> str:
+    return "off" if size is None else format_size(size)
+
+
 def parse_buffer_size(text: str) -> int:
     """A size as in ``parse_size``, or ``0``/``off`` for none (``proxy_request_buffering off``)."""
     return 0 if text.strip().lower() in ("off", "0") else parse_size(text)
+
+
+def format_buffer_size(size: int) -> str:
+    return "off" if size == 0 else format_size(size)
 
 
 def parse_grace(text: str) -> float:
@@ -97,7 +113,9 @@ def parse_workers(text: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
-    """Everything the proxy needs to run. Defaults are the ones a sidecar wants."""
+    """Everything the proxy needs to run. Defaults are the ones a sidecar wants, and the only
+    copy of them: a flag given neither on the command line nor in the environment keeps the field's
+    default, which ``hangup-proxy --help`` shows (``proxy.cli``)."""
 
     upstream: Upstream
     """The backend every request is forwarded to. Required."""

@@ -9,14 +9,32 @@ connection, no redirects, cookies, decompression, proxies or retries. aiohttp's 
 gives all of those and had to be configured to undo most of them; it also cost about 125 µs of
 the proxy's 290 µs per request (README, "Where hangup's time goes"). So the proxy speaks HTTP/1.1
 to its upstream itself, with llhttp (through ``httptools``, the parser uvicorn uses) doing the
-parsing:
+parsing.
 
-* ``UpstreamConnection`` is an ``asyncio.Protocol``. ``data_received`` feeds the parser, whose
-  callbacks collect the status line and header fields, then queue body chunks. The exchange
-  awaits ``response_head`` and then ``read_body`` for each chunk; a chunk that is already here is
-  returned without a wait, so a small answer that arrives in one segment costs no extra loop turn.
-* Back-pressure: past ``_HIGH_WATER`` unread body bytes (a slow client), reading from the upstream
-  socket pauses until the exchange has taken them, so memory stays bounded per exchange.
+Two lifetimes, two objects (as uvicorn's ``HttpToolsProtocol`` and ``RequestResponseCycle``):
+
+* ``UpstreamConnection`` lives as long as the socket. It owns the transport and its write flow
+  control, the request head held for the end of the turn, pool membership (``idle_timer``), and
+  ``reusable``'s verdict. Its read side, ``proxy.upstream.reader.ResponseReader`` (its base
+  class), owns the llhttp parser and its callbacks, ``lost``, whether anything has ruled out
+  pooling the connection (a close, a timeout, bytes after an answer, an upgrade: never undone),
+  and, after a ``101``, the bytes that are no longer HTTP, kept for ``switch_protocol``.
+* ``proxy.upstream.round_trip.RoundTrip`` lives as long as one exchange: made by
+  ``send_request``, dropped whole by ``end_exchange`` (the pool's ``release``), with no reset. It
+  owns what the request asked for (HEAD, upgrade), whether it is all written, the answer's head
+  as llhttp reads it, the unread body and whether reading paused for it, the answer's completion
+  or failure, and the exchange's one waiter. Between exchanges a connection has none, and a byte
+  read then is unsolicited.
+
+How an exchange goes:
+
+* ``data_received`` feeds the parser, whose callbacks collect the status line and header fields,
+  then queue body chunks, on the exchange's ``RoundTrip``. The exchange awaits ``response_head``
+  and then ``read_body`` for each chunk; a chunk that is already here is returned without a wait,
+  so a small answer that arrives in one segment costs no extra loop turn.
+* Back-pressure: past ``_HIGH_WATER`` unread body bytes (``proxy.upstream.reader``; a slow
+  client), reading from the upstream socket pauses until the exchange has taken them, so memory
+  stays bounded per exchange.
 * One read timeout (``--upstream-timeout``) bounds every wait for the upstream: for its head once
   the request has been written, and each gap between body chunks. The clock runs only while the
   exchange is waiting and reading is not paused, so a slow upload or a slow reader is never blamed
@@ -33,178 +51,67 @@ parsing:
   the head in it are all there is until ``switch_protocol`` hands them, then the transport, to the
   tunnel's protocol.
 * ``UpstreamConnection.close`` is synchronous, and the FIN leaves inside the call
-  (``_send_fin_now``), so the client connection's own callbacks can end the exchange's upstream
-  connection without waiting for the cancelled task, or the loop, to run
+  (``proxy.upstream.teardown``), so the client connection's own callbacks can end the exchange's
+  upstream connection without waiting for the cancelled task, or the loop, to run
   (``proxy.serving.forward``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 from collections.abc import Callable
-from typing import Final, cast
 
 import httptools
 
 from proxy.edge.coalesce import EndOfTurn
+from proxy.upstream.errors import (
+    UpstreamBrokenError,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from proxy.upstream.head import MAX_HEAD_SIZE, ResponseHead
+from proxy.upstream.reader import ResponseReader
+from proxy.upstream.round_trip import RoundTrip
 
-_HIGH_WATER: Final = 256 * 1024
-"""Unread body bytes past which reading from the upstream pauses (a slow client)."""
-
-MAX_HEAD_SIZE: Final = 64 * 1024
-"""Largest response head accepted from the upstream: llhttp has no limit of its own, and httptools
-collects a field across reads, so a broken upstream could otherwise grow one without bound."""
-
-
-class _NotConnected(asyncio.Transport):
-    """The transport of a connection not made yet: closing it is a no-op."""
-
-    def is_closing(self) -> bool:
-        return True
-
-
-_NOT_CONNECTED: Final = _NotConnected()
-
-
-class UpstreamError(Exception):
-    """The upstream could not be reached, or failed the exchange; ``reason`` is for the log."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+# Where callers have always found them (``proxy.serving``, ``proxy.websocket``, ``proxy.exchange``).
+__all__ = [
+    "MAX_HEAD_SIZE",
+    "ResponseHead",
+    "UpstreamBrokenError",
+    "UpstreamConnectError",
+    "UpstreamConnection",
+    "UpstreamError",
+    "UpstreamTimeoutError",
+]
 
 
-class UpstreamConnectError(UpstreamError):
-    """No connection: refused, unreachable, or not within ``--connect-timeout`` (502)."""
+class UpstreamConnection(ResponseReader):
+    """One TCP or Unix connection to the upstream, carrying one exchange at a time.
 
-
-class UpstreamTimeoutError(UpstreamError):
-    """The upstream was silent for ``--upstream-timeout`` (504)."""
-
-
-class UpstreamBrokenError(UpstreamError):
-    """The upstream closed early or answered something that is not HTTP/1.1 (502)."""
-
-
-class ResponseHead:
-    """The status line and header fields of the upstream's (final) answer, and its framing."""
-
-    __slots__ = ("chunked", "content_length", "raw_headers", "reason", "status")
-
-    def __init__(self, status: int, reason: str, raw_headers: list[tuple[bytes, bytes]]) -> None:
-        self.status = status
-        self.reason = reason
-        self.raw_headers = raw_headers
-        # How llhttp framed the body (RFC 9112 §6.3), which is what the client is told: it refused
-        # a repeated or non-numeric Content-Length, and Transfer-Encoding overrides one (rule 3).
-        length: int | None = None
-        last_coding: bytes | None = None
-        for name, value in raw_headers:
-            lowered = name.lower()
-            if lowered == b"transfer-encoding":
-                last_coding = value.rpartition(b",")[2].strip().lower()
-            elif lowered == b"content-length":
-                length = int(value)
-        self.chunked = last_coding == b"chunked"
-        self.content_length = length if last_coding is None else None
-
-
-class UpstreamConnection(asyncio.Protocol):
-    """One TCP or Unix connection to the upstream, carrying one exchange at a time."""
+    The read side (transport events, llhttp callbacks) is ``ResponseReader``'s; this adds the
+    exchange's side: writing the request, waiting for the answer, and the pool's hooks.
+    """
 
     def __init__(self, read_timeout: float, heads: EndOfTurn) -> None:
+        super().__init__()
+        # --- configuration -------------------------------------------------------------------
         self._read_timeout = read_timeout
         self._heads = heads
-        self._waiting_head: bytes | None = None
         self._loop = asyncio.get_running_loop()
-        # Set by connection_made, before anyone else can hold this connection.
-        self._transport: asyncio.Transport = _NOT_CONNECTED
-        self.lost = False
+        # --- the connection: as long as the socket -------------------------------------------
         self.idle_timer: asyncio.TimerHandle | None = None
-        self._parser = httptools.HttpResponseParser(self)
-        self._in_exchange = False
-        self._head_only = False
-        self._upgrade = False
-        # The bytes after a 101's head, once llhttp has stopped at it (upgrade mode only).
-        self._switched: bytes | None = None
-        self._head: ResponseHead | None = None
-        # The head's size is counted twice over, against MAX_HEAD_SIZE: ``_head_bytes`` (bytes
-        # read while the head is unfinished) catches a head that grows across reads, even inside
-        # one endless field that llhttp has not handed over yet; ``_parsed_head`` (the fields
-        # llhttp handed over) catches a whole oversized head read at once together with body
-        # bytes, which must not count, so it is checked inside the parse (on_headers_complete).
-        self._head_bytes = 0
-        self._parsed_head = 0
-        self._reason = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._chunks: list[bytes] = []
-        self._buffered = 0
-        self._complete = False
-        self._keep_alive = False
-        self._failure: UpstreamError | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._reusable = True
-        self._request_sent = False
-        self._reading_paused = False
+        """The pool's keep-alive timer, while the connection is idle in it."""
+        self._waiting_head: bytes | None = None  # a request head held for the end of the turn
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast("asyncio.Transport", transport)  # a stream transport: TCP or Unix
-
-    def data_received(self, data: bytes) -> None:
-        if self._switched is not None:
-            # Not HTTP any more, and not ours: kept, in order, for ``switch_protocol``. (Reading
-            # paused at the switch, so this is only a guard.)
-            self._switched += data
-            return
-        if not self._in_exchange or self._complete:
-            # Nobody asked: a stale or confused upstream. Its next answer could not be trusted.
-            self._break(UpstreamBrokenError("unsolicited_bytes"))
-            return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            # llhttp stops here after a 101 that carried ``Upgrade`` and ``Connection: upgrade``
-            # (RFC 9110 §7.8); any other 101 is a parse error. Outside upgrade mode a 101 already
-            # failed in on_headers_complete: this is a guard.
-            if not self._upgrade:
-                self._break(UpstreamBrokenError("unexpected_upgrade"))
-                return
-            self._switch(data[upgrade.args[0] :])
-        except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, _HeadTooLargeError):
-                self._break(UpstreamBrokenError("response_head_too_large"))
-                return
-            if isinstance(exc.__context__, _UpgradeError):
-                self._break(UpstreamBrokenError("unexpected_upgrade"))
-                return
-            unsolicited = isinstance(exc.__context__, _UnsolicitedError)
-            self._break(UpstreamBrokenError("unsolicited_bytes" if unsolicited else "bad_response"))
-        else:
-            if self._head is None:
-                # Counted after parsing, so that body bytes read together with the head are not.
-                self._head_bytes += len(data)
-                if self._head_bytes > MAX_HEAD_SIZE:
-                    self._break(UpstreamBrokenError("response_head_too_large"))
-
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self._reusable = False
         if self.idle_timer is not None:
             self.idle_timer.cancel()
-        if self._in_exchange and not self._complete:
-            if self._head is not None and self._ends_at_close(self._head):
-                # RFC 9112 §6.3 rule 8: no length and not chunked, so the close ends the body.
-                self._complete = True
-            elif self._failure is None:
-                closed = "closed_mid_body" if self._head is not None else "closed_before_answer"
-                self._failure = UpstreamBrokenError(closed)
-        self._wake()
+        super().connection_lost(exc)
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
@@ -216,84 +123,24 @@ class UpstreamConnection(asyncio.Protocol):
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
-    # --- httptools callbacks ----------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        if self._head is not None:
-            # A second answer to one request (pipelining is never used upstream).
-            raise _UnsolicitedError
-
-    def on_status(self, reason: bytes) -> None:
-        self._parsed_head += len(reason)
-        self._reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._parsed_head += len(name) + len(value) + 4
-        if self._head is None:
-            self._headers.append((name, value))
-        # Trailer fields come here too, after the head: dropped, as aiohttp's client did.
-
-    def on_headers_complete(self) -> None:
-        status = self._parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
-            # An interim answer (RFC 9110 §15.2: 100 Continue, 103 Early Hints): skipped; the final
-            # answer follows on the same connection.
-            self._reason = b""
-            self._headers = []
-            return
-        if status == 101 and not self._upgrade:
-            raise _UpgradeError
-        if self._parsed_head > MAX_HEAD_SIZE:
-            raise _HeadTooLargeError
-        if status == 101:
-            # Upgrade mode: the head is given out only once llhttp confirms the switch
-            # (``_switch``); a 101 without ``Connection: upgrade`` becomes a parse error instead.
-            return
-        self._head = ResponseHead(status, self._reason.decode("latin-1"), self._headers)
-        # Asked now: llhttp forgets the message's keep-alive state once it is complete.
-        self._keep_alive = self._parser.should_keep_alive()
-        if self._head_only:
-            # RFC 9110 §9.3.2: an answer to HEAD has no content, whatever its framing says. llhttp
-            # cannot be told through httptools, so the message ends here for us; a byte of body
-            # after it means a broken upstream (``on_body``).
-            self._complete = True
-        self._wake()
-
-    def on_body(self, body: bytes) -> None:
-        if self._complete:
-            self._reusable = False
-            return
-        self._chunks.append(body)
-        self._buffered += len(body)
-        if self._buffered > _HIGH_WATER and not self._reading_paused:
-            self._reading_paused = True
-            self._transport.pause_reading()
-        self._wake()
-
-    def on_message_complete(self) -> None:
-        if self._head is None:
-            return  # the end of an interim answer
-        self._complete = True
-        self._wake()
-
     # --- the exchange's side ----------------------------------------------------------------
 
     def send_request(
         self, head: bytes, *, head_only: bool, body_follows: bool, upgrade: bool = False
     ) -> None:
-        """Write the request head and get ready for the answer (``head_only``: a HEAD request).
+        """Start an exchange: write the request head and get ready for the answer
+        (``head_only``: a HEAD request).
 
         With ``body_follows``, the request counts as sent once ``request_sent`` is called. With
         ``upgrade`` (a WebSocket handshake), a ``101`` is the answer and ends the HTTP part of the
         connection (``switch_protocol``); other interim answers (100, 103) are skipped before it
         as before any answer (RFC 9110 §15.2). Such a connection is never pooled.
         """
-        self._in_exchange = True
-        self._head_only = head_only
-        self._upgrade = upgrade
+        self._trip = RoundTrip(
+            head_only, upgrade, not body_follows
+        )  # request_sent: no body to wait for
         if upgrade:
             self._reusable = False
-        self._request_sent = not body_follows
         if body_follows:
             # The upload follows at once, and its timing against an early answer is delicate
             # (``send_body``): only bodiless requests, the bulk of the traffic, wait for the turn.
@@ -334,9 +181,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def request_sent(self) -> None:
         """The whole request is written: from now on the upstream's silence is timed."""
-        self._request_sent = True
+        trip = self._trip
+        if trip is None:
+            raise _no_exchange()
+        trip.request_sent = True
         # A wait that began during the upload is untimed: wake it so it waits again, timed.
-        self._wake()
+        trip.wake()
 
     @property
     def closing(self) -> bool:
@@ -344,20 +194,24 @@ class UpstreamConnection(asyncio.Protocol):
 
     @property
     def head(self) -> ResponseHead | None:
-        """The answer's head, once it arrived."""
-        return self._head
+        """The answer's head, once it arrived (``None`` also between exchanges)."""
+        trip = self._trip
+        return None if trip is None else trip.head
 
     async def response_head(self) -> ResponseHead:
         """The answer's head, once it is here (timed once the whole request is written)."""
-        while self._head is None:
-            if self._failure is not None:
-                raise self._failure
-            await self._wait()
-        if self._failure is not None and not self._complete:
+        trip = self._trip
+        if trip is None:
+            raise _no_exchange()
+        while (head := trip.head) is None:
+            if trip.failure is not None:
+                raise trip.failure
+            await self._wait(trip)
+        if trip.failure is not None and not trip.complete:
             # The body broke in the very read that brought the head: nothing has reached the
             # client yet, so it can still be told with a 502 instead of a cut.
-            raise self._failure
-        return self._head
+            raise trip.failure
+        return head
 
     async def head_or_end_of(self, upload: asyncio.Task[None]) -> None:
         """Wait, untimed, until the answer's head arrives, the connection fails, or ``upload`` ends.
@@ -365,30 +219,35 @@ class UpstreamConnection(asyncio.Protocol):
         An upstream may answer before it has read the whole request (RFC 9112 §9.3); the
         exchange then relays that answer rather than wait for an upload nobody reads.
         """
-        while self._head is None and self._failure is None and not upload.done():
-            waiter = self._waiter = self._loop.create_future()
-            wake: Callable[[object], None] = lambda _: self._wake()  # noqa: E731
+        trip = self._trip
+        if trip is None:
+            raise _no_exchange()
+        wake: Callable[[object], None] = lambda _: trip.wake()  # noqa: E731
+        while trip.head is None and trip.failure is None and not upload.done():
+            waiter = trip.waiter = self._loop.create_future()
             upload.add_done_callback(wake)
             try:
                 await waiter
             finally:
-                self._waiter = None
+                trip.waiter = None
                 upload.remove_done_callback(wake)
 
     async def read_body(self) -> bytes:
         """The next body bytes (everything already here, joined); ``b""`` once the body ended."""
-        while not self._chunks:
-            if self._complete:
+        trip = self._trip
+        if trip is None:
+            raise _no_exchange()
+        while not (chunks := trip.chunks):
+            if trip.complete:
                 return b""
-            if self._failure is not None:
-                raise self._failure
-            await self._wait()
-        chunks = self._chunks
+            if trip.failure is not None:
+                raise trip.failure
+            await self._wait(trip)
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self._chunks = []
-        self._buffered = 0
-        if self._reading_paused and not self.lost:
-            self._reading_paused = False
+        trip.chunks = []
+        trip.buffered = 0
+        if trip.reading_paused and not self.lost:
+            trip.reading_paused = False
             self._transport.resume_reading()
         return data
 
@@ -401,7 +260,8 @@ class UpstreamConnection(asyncio.Protocol):
         handed over before reading resumes, so nothing can overtake them.
         """
         switched = self._switched
-        if switched is None or self._head is None or self._head.status != 101:
+        head = self.head
+        if switched is None or head is None or head.status != 101:
             raise RuntimeError("switch_protocol without a 101 in upgrade mode")
         self._switched = b""  # anything that still reached this protocol would be kept, not lost
         transport = self._transport
@@ -417,85 +277,48 @@ class UpstreamConnection(asyncio.Protocol):
             transport.resume_reading()
         return transport
 
+    # --- the pool's side --------------------------------------------------------------------
+
     @property
     def reusable(self) -> bool:
-        """True when the last exchange ended cleanly and both sides will keep the connection."""
+        """True when the exchange ended cleanly and both sides will keep the connection."""
+        trip = self._trip
         return (
-            self._reusable
+            trip is not None
+            and self._reusable
             and not self.lost
-            and self._complete
-            and self._request_sent
-            and not self._chunks
-            and self._keep_alive
+            and trip.complete
+            and trip.request_sent
+            and not trip.chunks
+            and trip.keep_alive
         )
 
-    def reset(self) -> None:
-        """Forget the finished exchange so the connection can carry the next one."""
-        if self._head_only:
+    def end_exchange(self) -> None:
+        """Drop the finished exchange whole, so that the connection can carry the next one."""
+        trip, self._trip = self._trip, None
+        if trip is not None and trip.head_only:
             # An answer to HEAD may have left llhttp waiting for a body it never gets: a fresh
             # parser. After any other complete answer llhttp is ready for the next one.
             self._parser = httptools.HttpResponseParser(self)
-        self._in_exchange = False
-        self._head = None
-        self._head_bytes = 0
-        self._parsed_head = 0
-        self._reason = b""
-        self._headers = []
-        self._complete = False
 
     def close(self) -> None:
         """Close the connection, never to be pooled: the upstream sees it end at once."""
-        self._reusable = False
-        self._waiting_head = None
-        transport = self._transport
-        if transport.is_closing():
-            return
-        if transport.get_write_buffer_size():
-            # close() would first wait to flush a request the upstream is not reading.
-            transport.abort()
-        else:
-            transport.close()
-        _send_fin_now(transport)
+        self._waiting_head = None  # a head held for the end of the turn is never sent
+        super().close()
 
     # --- internals --------------------------------------------------------------------------
 
-    def _ends_at_close(self, head: ResponseHead) -> bool:
-        """RFC 9112 §6.3: a body with no Content-Length whose last coding is not chunked."""
-        if head.status in (204, 304):
-            return False
-        return head.content_length is None and not head.chunked
-
-    def _switch(self, rest: bytes) -> None:
-        """llhttp stopped after a 101's head: the HTTP part is over (``switch_protocol``)."""
-        self._transport.pause_reading()
-        self._switched = rest
-        status = self._parser.get_status_code()
-        self._head = ResponseHead(status, self._reason.decode("latin-1"), self._headers)
-        self._complete = True
-        self._wake()
-
-    def _break(self, failure: UpstreamError) -> None:
-        if self._failure is None:
-            self._failure = failure
-        self.close()
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def _wait(self) -> None:
-        waiter = self._waiter = self._loop.create_future()
+    async def _wait(self, trip: RoundTrip) -> None:
+        waiter = trip.waiter = self._loop.create_future()
         timer = (
             self._loop.call_later(self._read_timeout, self._time_out, waiter)
-            if self._request_sent
+            if trip.request_sent
             else None
         )
         try:
             await waiter
         finally:
-            self._waiter = None
+            trip.waiter = None
             if timer is not None:
                 timer.cancel()
 
@@ -505,37 +328,5 @@ class UpstreamConnection(asyncio.Protocol):
             waiter.set_exception(UpstreamTimeoutError("upstream_read_timeout"))
 
 
-class _UpgradeError(Exception):
-    """Raised inside a parser callback: a 101 to a request that asked for no upgrade."""
-
-
-class _HeadTooLargeError(Exception):
-    """Raised inside a parser callback: the head grew past ``MAX_HEAD_SIZE`` in one read."""
-
-
-class _UnsolicitedError(Exception):
-    """Raised inside a parser callback to stop parsing an answer nobody asked for."""
-
-
-def _send_fin_now(transport: asyncio.Transport) -> None:
-    """Shut the socket down at once, so the upstream sees the connection end in this turn.
-
-    Neither uvloop nor asyncio closes a socket in ``transport.close()`` or ``abort()``: both
-    schedule ``connection_lost`` with ``call_soon`` and close the descriptor there, behind every
-    callback already queued. Under load that queue is most of a loop turn (about 1 ms at the
-    benchmark's load), all of it added to a hang-up's propagation. ``shutdown`` sends the FIN now;
-    the descriptor is still closed by the loop, once. The descriptor is wrapped without a ``dup``
-    and detached again, so this ``socket`` object never closes it.
-    """
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
-    descriptor = sock.fileno()
-    if descriptor < 0:
-        return
-    with contextlib.suppress(OSError):
-        wrapper = socket.socket(sock.family, sock.type, fileno=descriptor)
-        try:
-            wrapper.shutdown(socket.SHUT_RDWR)
-        finally:
-            wrapper.detach()
+def _no_exchange() -> RuntimeError:
+    return RuntimeError("no exchange on this upstream connection: call send_request first")

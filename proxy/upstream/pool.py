@@ -57,11 +57,11 @@ class UpstreamPool:
         return await self.connect()
 
     def release(self, connection: UpstreamConnection) -> None:
-        """Pool a connection whose exchange ended cleanly; close any other."""
+        """Pool a connection whose exchange ended cleanly, without it; close any other."""
         if self._closed or not connection.reusable:
             connection.close()
             return
-        connection.reset()
+        connection.end_exchange()
         if self._keepalive_timeout > 0:
             connection.idle_timer = asyncio.get_running_loop().call_later(
                 self._keepalive_timeout, self._expire, connection

@@ -24,7 +24,7 @@ import contextlib
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from proxy.exchange.state import Exchange, Outcome, Phase
+from proxy.exchange.state import Exchange, PhaseEvent
 from proxy.upstream.connection import ResponseHead
 from proxy.websocket.frames import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, FrameTracker, close_frame
 from proxy.websocket.handshake import switching_protocols_head
@@ -46,7 +46,7 @@ async def splice(
     client = request.transport
     if client is None:
         raise asyncio.CancelledError  # the client left while the upstream was answering
-    exchange.phase = Phase.STREAMING_RESPONSE
+    exchange.advance(PhaseEvent.RESPONSE_STARTED)
     client.write(switching_protocols_head(head.reason, head.raw_headers))
     closes: list[str] = []  # who sent a Close frame, in the order they passed
     client_frames = FrameTracker()  # the upstream's frames, on their way to the client
@@ -74,8 +74,8 @@ async def splice(
             # The proxy is draining (or, cancelled, its drain ran out): RFC 6455 §7.4.1 1001,
             # "a server going down", to both ends.
             if _is_cancelled():
-                exchange.finish(Outcome.DRAIN_TIMEOUT, 503, "drain_timeout")
-            exchange.finish(Outcome.COMPLETED, 101, "proxy_going_away")
+                exchange.cut_by_drain()
+            exchange.tunnel_going_away()
             _say_going_away(client, client_frames, masked=False)
             _say_going_away(writer.transport, to_upstream.frames, masked=True)
             client.close()
@@ -95,23 +95,21 @@ def _client_left(
     closes: list[str],
 ) -> None:
     if closes:
-        exchange.finish(Outcome.COMPLETED, 101, closes[0])
+        exchange.tunnel_closed(closes[0])
         writer.close()
         return
-    exchange.hung_up()
+    exchange.tunnel_client_vanished()  # and so its upstream connection is closed, just below
     _say_going_away(writer.transport, upstream_frames, masked=True)
     writer.close()
-    exchange.closed_upstream()
-    exchange.reason = "client_vanished"
 
 
 def _upstream_left(
     exchange: Exchange, client: asyncio.Transport, client_frames: FrameTracker, closes: list[str]
 ) -> None:
     if closes:
-        exchange.finish(Outcome.COMPLETED, 101, closes[0])
+        exchange.tunnel_closed(closes[0])
     else:
-        exchange.finish(Outcome.UPSTREAM_ERROR, 101, "upstream_vanished")
+        exchange.tunnel_upstream_vanished()
         if client_frames.at_boundary:
             # RFC 6455 §7.4.1: 1011, the server side failed; a server's frames are not masked.
             client.write(close_frame(CLOSE_INTERNAL_ERROR, masked=False))

@@ -52,8 +52,8 @@ import asyncio
 from aiohttp import web
 
 from proxy.edge.frontend import GateRequestHandler
-from proxy.edge.gate import Rejection
-from proxy.exchange.state import Exchange, Outcome
+from proxy.edge.gate import HANDSHAKE_WITH_BODY, Rejection
+from proxy.exchange.state import Exchange
 from proxy.exchange.upstream_leg import UpstreamLeg
 from proxy.observability.metrics import ProxyMetrics
 from proxy.policy.routes import Action, Decision
@@ -71,14 +71,12 @@ from proxy.websocket.handshake import (
 )
 from proxy.websocket.splice import CHUNK_SIZE, splice
 from proxy.wire.headers import downstream_response_fields, request_target
-from proxy.wire.response import ForwardedResponse, proxy_answer
+from proxy.wire.response import ForwardedResponse
 
-HANDSHAKE_WITH_BODY = Rejection(
-    400, "websocket_handshake_with_body", "a WebSocket handshake carries no body"
-)
 TUNNEL_DECISION = Decision(Action.CANCEL, 0.0, "websocket")
 """What a hang-up does to a WebSocket session, whatever the route rules say: with nobody left to
-relay frames to, the tunnel always closes its upstream socket."""
+relay frames to, the tunnel always closes its upstream socket. ``Forwarder.handle`` gives it to
+every handshake's exchange, which is therefore cancellable."""
 MAX_REFUSAL_BODY = 1024 * 1024
 """Largest body of a non-101 answer to a handshake, which is relayed whole; past it, 502."""
 
@@ -116,29 +114,28 @@ class WebSocketTunnels:
     async def handle(
         self, request: web.BaseRequest, exchange: Exchange, rejection: Rejection | None
     ) -> web.StreamResponse:
-        """Run one session from handshake to close; ``rejection`` is the gate's verdict."""
-        exchange.decision = TUNNEL_DECISION
-        exchange.cancellable = True
+        """Run one session from handshake to close; ``rejection`` is the gate's verdict.
+
+        ``exchange`` was made with ``TUNNEL_DECISION``.
+        """
         self._metrics.websocket_opened()
         try:
             if rejection is None and request.body_exists:
                 rejection = HANDSHAKE_WITH_BODY
             if rejection is not None:
-                exchange.finish(Outcome.CLIENT_ERROR, rejection.status, rejection.reason)
-                return proxy_answer(rejection.status, rejection.text, close=True)
+                return exchange.refused(rejection)
             return await self._session(request, exchange)
         except UpstreamError as exc:
-            return _upstream_failed(exchange, exc)
+            return exchange.upstream_failed(exc).answer(close=True)
         except ConnectionResetError:
             # Writing a refusal to a client that left (its loss may not have been noticed yet).
-            exchange.hung_up()
-            return proxy_answer(499, "client closed the connection", close=True)
+            return exchange.client_left().answer(close=True)
         except asyncio.CancelledError:
             if exchange.outcome is None and request.transport is None:
-                exchange.hung_up()  # before the upstream connection was even open
+                exchange.client_left()  # before the upstream connection was even open
             elif exchange.outcome is None:
                 # Nothing but the drain cancels a handler whose client is still connected.
-                exchange.finish(Outcome.DRAIN_TIMEOUT, 503, "drain_timeout")
+                exchange.cut_by_drain()
             raise
         finally:
             exchange.write_log_line()
@@ -172,7 +169,7 @@ class WebSocketTunnels:
             )
             head = await connection.response_head()
             leg.disarm()
-            exchange.upstream_status = head.status
+            exchange.upstream_answered(head.status)
             if head.status >= 200:
                 return await _relay_refusal(request, exchange, connection, head)
             if not switches_to_websocket(head.raw_headers):
@@ -185,8 +182,7 @@ class WebSocketTunnels:
             if exchange.outcome is None and request.transport is None:
                 # The client vanished during the handshake: as in any hang-up, the upstream
                 # connection is closed (just below) and the backend sees it end.
-                exchange.hung_up()
-                exchange.closed_upstream()
+                exchange.client_left(closed_upstream=True)
             raise
         finally:
             leg.disarm()
@@ -241,10 +237,5 @@ async def _relay_refusal(
     response.force_close()
     await response.prepare(request)
     await response.write_eof(bytes(body))
-    exchange.finish(Outcome.COMPLETED, head.status)
+    exchange.completed(head.status)
     return response
-
-
-def _upstream_failed(exchange: Exchange, exc: UpstreamError) -> web.StreamResponse:
-    status, text = exchange.upstream_failed(exc)
-    return proxy_answer(status, text, close=True)
