@@ -118,7 +118,6 @@ class ConnectionCanceller:
         self, app: ASGIApp, cancel_methods: frozenset[str], *, trust_decision_header: bool = False
     ) -> None:
         self.app = app
-        self.cancel_methods = cancel_methods
         self._policy = CancelPolicy.from_names(cancel_methods)
         self.trust_decision_header = trust_decision_header
         # Keep-alive runs requests one after another, but request N can still be running its

@@ -207,7 +207,6 @@ class Exchange:
     reason: str | None = None
     level: str = "info"
     """The canonical line's level (the ending's); info while no ending is recorded."""
-    client_gone: bool = False
     client_left_at: float | None = None
     """``perf_counter`` when the proxy learned that the client left (the first ``client_left``)."""
     upstream_closed: bool = False
@@ -217,6 +216,11 @@ class Exchange:
 
     # --- facts heard on the way ----------------------------------------------------------------
     upstream_status: int | None = None
+
+    @property
+    def client_gone(self) -> bool:
+        """True once the client's connection is gone (the first ``client_left`` set the time)."""
+        return self.client_left_at is not None
 
     def advance(self, event: PhaseEvent) -> None:
         """Move to the phase ``event`` leads to (``PHASE_MOVES``); raise on an illegal move."""
@@ -305,7 +309,6 @@ class Exchange:
         self._end(Ending.TUNNEL_UPSTREAM_VANISHED)
 
     def _left(self, ending: Ending, status: int | None = None, *, closed_upstream: bool) -> None:
-        self.client_gone = True
         if self.client_left_at is None:
             self.client_left_at = time.perf_counter()
         self._end(ending, status)
