@@ -1,7 +1,8 @@
 """``python -m benchmarks.profile``: where hangup spends its time under the benchmark's load.
 
-Starts the benchmark's nginx origin and one hangup process (pinned as in ``benchmarks.run``),
-loads hangup with wrk -t1 -c64 on ``/1k`` (or ``--size 100k``), and samples it with py-spy
+Starts the benchmark's nginx origin and one hangup process (pinned as in ``benchmarks.run``; or,
+with ``--proxy bare``, the bare aiohttp proxy hangup is measured against, to compare both the same
+way), loads it with wrk -t1 -c64 on ``/1k`` (or ``--size 100k``), and samples it with py-spy
 (``pip install py-spy`` into the venv; it is not a dependency of the project). Prints the share
 of samples per area and the top functions by self and by inclusive time, as markdown tables.
 Only busy samples are taken (py-spy leaves out a thread waiting in epoll), so "busy" is samples
@@ -21,8 +22,8 @@ from pathlib import Path
 
 import uvloop
 
-from benchmarks import nginx
-from benchmarks.plan import HANGUP_SCRIPT
+from benchmarks import cpu, nginx
+from benchmarks.plan import BARE_PROXY_ARGV, HANGUP_SCRIPT, ROOT
 from benchmarks.processes import (
     LOOPBACK,
     Fleet,
@@ -67,11 +68,11 @@ class Session:
         self.tools = tools
         # Chosen before the driver pinned itself: asked again now, it would see one core.
         self.pinning = pinning
-        self.hangup_port = free_port()
+        self.proxy_port = free_port()
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.hangup_port}/{self.args.size}"
+        return f"http://{LOOPBACK}:{self.proxy_port}/{self.args.size}"
 
     async def start(self, prefix_argv: list[str]) -> subprocess.Popen[bytes]:
         """The origin, then hangup (its command line prefixed, for cProfile), both listening."""
@@ -85,17 +86,23 @@ class Session:
         )
         log = self.prefix / "origin-error.log"
         await wait_until_listening("nginx origin", origin, origin_port, log)
-        argv = [
-            *prefix_argv,
-            str(HANGUP_SCRIPT),
-            "--listen",
-            f"{LOOPBACK}:{self.hangup_port}",
-            "--upstream",
-            f"http://{LOOPBACK}:{origin_port}",
-        ]
-        hangup = self.fleet.spawn("hangup-proxy", argv, core=self.pinning.proxy_core)
-        await wait_until_listening("hangup-proxy", hangup, self.hangup_port, None)
-        return hangup
+        listen = f"{LOOPBACK}:{self.proxy_port}"
+        if self.args.proxy == "bare":
+            # The ceiling hangup is measured against (issue 16), profiled the same way.
+            argv = [*BARE_PROXY_ARGV, "--listen", listen, "--upstream", f"{LOOPBACK}:{origin_port}"]
+            if prefix_argv:
+                # Under cProfile it must import ``benchmarks`` from the checkout: no ``-P``.
+                argv = [*(arg for arg in prefix_argv if arg != "-P"), *argv[1:]]
+        else:
+            upstream = f"http://{LOOPBACK}:{origin_port}"
+            argv = [*prefix_argv, str(HANGUP_SCRIPT), "--listen", listen, "--upstream", upstream]
+        proxy = self.fleet.spawn(self.name, argv, core=self.pinning.proxy_core, cwd=ROOT)
+        await wait_until_listening(self.name, proxy, self.proxy_port, None)
+        return proxy
+
+    @property
+    def name(self) -> str:
+        return "bare aiohttp proxy" if self.args.proxy == "bare" else "hangup-proxy"
 
     async def load(self, seconds: int) -> WrkResult:
         return await run_wrk(
@@ -104,7 +111,7 @@ class Session:
 
     def headline(self, load: WrkResult, how: str) -> str:
         return (
-            f"hangup under wrk -t1 -c64 on /{self.args.size}: "
+            f"{self.name} under wrk -t1 -c64 on /{self.args.size}: "
             f"{load.requests_per_second:,.0f} req/s while {how}"
         )
 
@@ -152,11 +159,21 @@ async def profile_with_py_spy(session: Session, py_spy: Path) -> str:
 
 async def measure_only(session: Session) -> str:
     """No profiler: req/s over a few runs, to compare one change with the next in a minute."""
-    await session.start([])
+    proxy = await session.start([])
     await session.load(2)
-    rates = [(await session.load(session.args.seconds)).requests_per_second for _ in range(3)]
-    figures = ", ".join(f"{rate:,.0f}" for rate in rates)
-    return f"hangup under wrk -t1 -c64 on /{session.args.size}: {figures} req/s (3 runs)"
+    rates: list[str] = []
+    costs: list[str] = []
+    for _ in range(3):
+        # CPU per request (benchmarks.cpu) moves less than req/s when the host steals time.
+        before = cpu.read([proxy.pid])
+        load = await session.load(session.args.seconds)
+        use = cpu.use_between(before, cpu.read([proxy.pid]), load.requests)
+        rates.append(f"{load.requests_per_second:,.0f}")
+        costs.append(f"{use.us_per_request:.1f}")
+    return (
+        f"{session.name} under wrk -t1 -c64 on /{session.args.size}: {', '.join(rates)} req/s, "
+        f"{', '.join(costs)} µs CPU per request (3 runs)"
+    )
 
 
 async def profile_with_cprofile(session: Session) -> str:
@@ -168,7 +185,7 @@ async def profile_with_cprofile(session: Session) -> str:
     warm = await session.load(2)
     load = await session.load(args.seconds)
     hangup.terminate()
-    await wait_exit("hangup-proxy under cProfile", hangup, within=60)
+    await wait_exit(f"{session.name} under cProfile", hangup, within=60)
     session.fleet.forget(hangup)
     report = render_cprofile(stats, args.top, warm.requests + load.requests)
     return session.headline(load, f"run under cProfile for {args.seconds} s") + "\n\n" + report
@@ -178,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__)
     parser.add_argument("--profiler", choices=["py-spy", "cprofile", "none"], default="py-spy")
     parser.add_argument("--size", choices=sorted(nginx.BODY_SIZES), default="1k")
+    parser.add_argument(
+        "--proxy", choices=["hangup", "bare"], default="hangup", help="bare: the aiohttp ceiling"
+    )
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=15)

@@ -159,16 +159,10 @@ class Forwarder:
                 return exchange.refused(rejection)
             self._upstream_active += 1
             try:
-                async with asyncio.timeout_at(self._client_deadline(request)) as budget:
-                    connection, head = await self._send_upstream(
-                        request, exchange, leg, ahead, body_deadline
-                    )
-                    exchange.upstream_answered(head.status)
-                    return await self._relay_response(request, exchange, connection, head)
-            except TimeoutError:
-                if not budget.expired():
-                    raise
-                return self._deadline_passed(request, exchange)
+                deadline = self._client_deadline(request)
+                return await self._forward(
+                    request, exchange, leg, ahead, body_deadline, deadline=deadline
+                )
             finally:
                 self._upstream_active -= 1
         except asyncio.CancelledError:
@@ -186,6 +180,33 @@ class Forwarder:
             return exchange.upstream_failed(exc).answer()
         finally:
             self._finished(exchange, leg)
+
+    async def _forward(
+        self,
+        request: web.BaseRequest,
+        exchange: Exchange,
+        leg: UpstreamLeg,
+        ahead: bytes,
+        body_deadline: float,
+        *,
+        deadline: float | None,
+    ) -> web.StreamResponse:
+        """Send the request upstream and relay the answer, by the client's ``deadline`` if any."""
+        if deadline is not None:
+            # Only then a timeout to enter: nearly every request has no client deadline, and
+            # ``asyncio.timeout_at(None)`` still costs about 2 µs (issue 16).
+            try:
+                async with asyncio.timeout_at(deadline) as budget:
+                    return await self._forward(
+                        request, exchange, leg, ahead, body_deadline, deadline=None
+                    )
+            except TimeoutError:
+                if not budget.expired():
+                    raise
+                return self._deadline_passed(request, exchange)
+        connection, head = await self._send_upstream(request, exchange, leg, ahead, body_deadline)
+        exchange.upstream_answered(head.status)
+        return await self._relay_response(request, exchange, connection, head)
 
     def _finished(self, exchange: Exchange, leg: UpstreamLeg) -> None:
         """Every exchange ends here once: its upstream pooled or closed, then recorded."""

@@ -101,7 +101,12 @@ class UpstreamConnection(ResponseReader):
         self._loop = asyncio.get_running_loop()
         # --- the connection: as long as the socket -------------------------------------------
         self.idle_timer: asyncio.TimerHandle | None = None
-        """The pool's keep-alive timer, while the connection is idle in it."""
+        """The pool's keep-alive timer, set the first time the connection went idle since it
+        last fired (``proxy.upstream.pool``)."""
+        self.idle_since = 0.0
+        """Loop time at which the connection last went back to the pool."""
+        self.pooled = False
+        """True while the connection is idle in the pool."""
         self._waiting_head: bytes | None = None  # a request head held for the end of the turn
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
