@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -46,8 +45,11 @@ class UpstreamLeg:
     def disarm(self) -> None:
         if self.armed:
             self.armed = False
-            with contextlib.suppress(ValueError):  # already run: the hooks are run once
+            # A plain try, not contextlib.suppress (a context manager per request, issue 16).
+            try:  # noqa: SIM105
                 self.hooks.remove(self)
+            except ValueError:  # already run: the hooks are run once
+                pass
 
     def __call__(self) -> None:
         """The client left: record it, and cut the connection, if one is open."""
