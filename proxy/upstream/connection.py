@@ -110,12 +110,18 @@ class UpstreamConnection(ResponseReader):
         self._waiting_head: bytes | None = None  # a request head held for the end of the turn
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
+        # The read timeout (``_wait``): the timed wait under way, since when, and the one timer.
+        self._timed_waiter: asyncio.Future[None] | None = None
+        self._timed_since = 0.0
+        self._read_timer: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.idle_timer is not None:
             self.idle_timer.cancel()
+        if self._read_timer is not None:
+            self._read_timer.cancel()
         super().connection_lost(exc)
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
@@ -314,23 +320,33 @@ class UpstreamConnection(ResponseReader):
     # --- internals --------------------------------------------------------------------------
 
     async def _wait(self, trip: RoundTrip) -> None:
-        waiter = trip.waiter = self._loop.create_future()
-        timer = (
-            self._loop.call_later(self._read_timeout, self._time_out, waiter)
-            if trip.request_sent
-            else None
-        )
+        loop = self._loop
+        waiter = trip.waiter = loop.create_future()
+        if trip.request_sent:
+            # Timed. The read timer is not made and cancelled for every wait (issue 16, as the
+            # pool's keep-alive timer): one is set when none is, and when it fires it looks at
+            # whether a timed wait has lasted the whole timeout (``_check_read_timeout``).
+            self._timed_waiter = waiter
+            self._timed_since = now = loop.time()
+            if self._read_timer is None:
+                self._read_timer = loop.call_at(now + self._read_timeout, self._check_read_timeout)
         try:
             await waiter
         finally:
             trip.waiter = None
-            if timer is not None:
-                timer.cancel()
+            self._timed_waiter = None
 
-    def _time_out(self, waiter: asyncio.Future[None]) -> None:
-        if not waiter.done():
-            self._reusable = False
-            waiter.set_exception(UpstreamTimeoutError("upstream_read_timeout"))
+    def _check_read_timeout(self) -> None:
+        self._read_timer = None
+        waiter = self._timed_waiter
+        if waiter is None or waiter.done() or self.lost:
+            return  # no timed wait now: the next one sets a timer again
+        expires = self._timed_since + self._read_timeout
+        if self._loop.time() < expires:
+            self._read_timer = self._loop.call_at(expires, self._check_read_timeout)
+            return
+        self._reusable = False
+        waiter.set_exception(UpstreamTimeoutError("upstream_read_timeout"))
 
 
 def _no_exchange() -> RuntimeError:
