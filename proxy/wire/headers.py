@@ -97,42 +97,67 @@ def _nominated_names(connection_values: tuple[bytes, ...]) -> frozenset[bytes]:
     )
 
 
-def _end_to_end(raw: RawHeaders, drop: frozenset[bytes]) -> list[tuple[str, str]]:
-    """Decode raw fields and keep the end-to-end ones, in order, repeats kept.
+_NAMES_KEPT = 1024
+"""Distinct raw field names whose facts one direction keeps (``_Direction``); past it, a new name
+is worked out each time it is seen, so a client that sends endless new names costs no memory."""
 
-    ``drop`` holds lower-cased names (hop-by-hop included). Names are compared as bytes and only
-    the kept fields are decoded: this runs twice per request (about 2 µs for eight fields).
-    Field names are tokens (RFC 9110 §5.1), plain ASCII, so ``bytes.lower`` is the right fold.
+
+class _Direction:
+    """One direction's field filter, and what it learnt about each raw field name it saw.
+
+    A name's facts (lower-cased, dropped or not, decoded) are worked out the first time it is
+    seen and looked up after that: a service sends the same few names in every message, and
+    lower-casing, hashing and decoding each name of each message cost more than the rest of the
+    rewrite (about 40 % of it, issue 16). Field names are tokens (RFC 9110 §5.1), plain ASCII, so
+    ``bytes.lower`` is the right fold.
     """
-    return _kept_with_names(raw, drop)[0]
 
+    def __init__(self, drop: frozenset[bytes]) -> None:
+        self._drop = drop
+        """Lower-cased names never passed on (hop-by-hop included)."""
+        self._names: dict[bytes, tuple[bytes, str | None]] = {}
+        """Raw name → (lower-cased, the name decoded, or ``None`` when dropped)."""
 
-def _kept_with_names(
-    raw: RawHeaders, drop: frozenset[bytes]
-) -> tuple[list[tuple[str, str]], list[bytes]]:
-    """``_end_to_end``'s fields, and beside them their lower-cased names, for look-ups by name."""
-    kept: list[tuple[str, str]] = []
-    kept_names: list[bytes] = []
-    connection_values: list[bytes] = []
-    for name, value in raw:
+    def _learn(self, name: bytes) -> tuple[bytes, str | None]:
         lowered = name.lower()
-        if lowered in drop:
-            if lowered == b"connection":
-                connection_values.append(value)
-            continue
-        kept.append((name.decode("latin-1"), value.decode("latin-1")))
-        kept_names.append(lowered)
-    if connection_values:
-        nominated = _nominated_names(tuple(connection_values))
-        if not nominated.isdisjoint(kept_names):
-            pairs = [
-                (field, name)
-                for field, name in zip(kept, kept_names, strict=True)
-                if name not in nominated
-            ]
-            kept = [field for field, _ in pairs]
-            kept_names = [name for _, name in pairs]
-    return kept, kept_names
+        facts = (lowered, None if lowered in self._drop else name.decode("latin-1"))
+        if len(self._names) < _NAMES_KEPT:
+            self._names[name] = facts
+        return facts
+
+    def kept_with_names(self, raw: RawHeaders) -> tuple[list[tuple[str, str]], list[bytes]]:
+        """The end-to-end fields, decoded, in order, repeats kept; beside them their lower-cased
+        names, for look-ups by name."""
+        names = self._names
+        kept: list[tuple[str, str]] = []
+        kept_names: list[bytes] = []
+        connection_values: list[bytes] = []
+        for name, value in raw:
+            facts = names.get(name)
+            if facts is None:
+                facts = self._learn(name)
+            lowered, decoded = facts
+            if decoded is None:
+                if lowered == b"connection":
+                    connection_values.append(value)
+                continue
+            kept.append((decoded, value.decode("latin-1")))
+            kept_names.append(lowered)
+        if connection_values:
+            nominated = _nominated_names(tuple(connection_values))
+            if not nominated.isdisjoint(kept_names):
+                pairs = [
+                    (field, name)
+                    for field, name in zip(kept, kept_names, strict=True)
+                    if name not in nominated
+                ]
+                kept = [field for field, _ in pairs]
+                kept_names = [name for _, name in pairs]
+        return kept, kept_names
+
+
+_TO_UPSTREAM = _Direction(_REQUEST_DROPPED)
+_TO_CLIENT = _Direction(_RESPONSE_DROPPED)
 
 
 def request_id_from(raw: RawHeaders) -> str:
@@ -167,7 +192,7 @@ def upstream_request_fields(
     ``Host`` (RFC 9112 §3.2.2). The forwarding fields come last. ``Content-Length`` and
     ``Transfer-Encoding`` are never among the fields: the caller adds the framing.
     """
-    fields, names = _kept_with_names(raw, _REQUEST_DROPPED)
+    fields, names = _TO_UPSTREAM.kept_with_names(raw)
     # Looked up among the lower-cased names: most requests have a Host and no X-Forwarded-For.
     host = fields[names.index(b"host")][1] if b"host" in names else None
     if authority is not None:
@@ -205,7 +230,7 @@ def downstream_response_fields(raw: RawHeaders) -> list[tuple[str, str]]:
     fields are not among them: the response's length is the one hangup's parse of the upstream's
     answer found (RFC 9112 §6.3), set by the caller.
     """
-    return _end_to_end(raw, _RESPONSE_DROPPED)
+    return _TO_CLIENT.kept_with_names(raw)[0]
 
 
 CHUNKED_FRAMING = "Transfer-Encoding: chunked"
@@ -260,13 +285,12 @@ def request_head(request_line: str, fields: Iterable[tuple[str, str]], *extra: s
     """A request head: the request line, ``fields``, then ``extra`` lines (``"Name: value"``).
 
     aiohttp decoded the target as UTF-8 with surrogateescape (aiohttp/_http_parser.pyx) and the
-    fields are decoded as latin-1 (``_end_to_end``): both encodings give back the bytes.
+    fields are decoded as latin-1 (``_Direction``): both encodings give back the bytes.
     """
-    block = "".join([f"{name}: {value}\r\n" for name, value in fields])
-    tail = "\r\n".join(extra)
-    return f"{request_line}\r\n".encode("utf-8", "surrogateescape") + (
-        f"{block}{tail}\r\n\r\n" if extra else f"{block}\r\n"
-    ).encode("latin-1")
+    # ": ".join over the pairs runs in C: half the time of an f-string per field (issue 16).
+    lines = "\r\n".join([*map(": ".join, fields), *extra])
+    block = f"{lines}\r\n\r\n" if lines else "\r\n"
+    return f"{request_line}\r\n".encode("utf-8", "surrogateescape") + block.encode("latin-1")
 
 
 def expects_continue(values: Sequence[str]) -> bool | None:
