@@ -6,17 +6,44 @@ records each HTTP request's task, watches ``send`` for the end of the response, 
 ``connection_lost`` cancels only the requests that are still answering and that the policy lets
 it cancel: the proxy's ``Hangup-Decision`` when trusted (``proxy.policy.decision_header``), else the
 method list. It swallows exactly the cancellations it caused.
+
+Theory of operation: a cancel scope that costs nothing until it is cancelled
+--------------------------------------------------------------------------------
+The hang-up must cancel the app as an anyio ``CancelScope`` around it would: Starlette waits for a
+``def`` endpoint's thread (``anyio.to_thread.run_sync``) inside a scope shielded against anyio
+cancellation only, and a native ``Task.cancel`` went straight through that shield (observed with
+anyio 4.16: the task unwound and logged ``handler_cancelled`` while the thread still worked). But
+entering and leaving a real scope costs every request more than the rest of this wrapper together
+(about 36,000 instructions, a twelfth of uvicorn's whole request; issue 16), and almost no request
+is ever cancelled. So a request pays only for a small record, and the scope's behaviour is built
+at hang-up time, from ``CancelScope._deliver_cancellation`` (anyio 4.16), for the one task:
+
+- The task is cancelled at its next ``await`` and again at every one after it, one loop iteration
+  apart, until the app returns: level-triggered, as a cancelled scope is. A task whose awaited
+  future already holds its result is left to take it first (a lock acquired is not lost).
+- While anyio shields the task (``is_shielded_by_anyio``: a shielded scope anywhere in its chain
+  of anyio scopes), nothing is delivered; the next try comes when the future it awaits is done.
+  For a ``def`` endpoint that is the thread's return, so the cancel lands at the next ``await``
+  after it, as the scope's did.
+- When the app ends, the wrapper takes back (``Task.uncancel``) every cancel it delivered and
+  swallows the ``CancelledError`` only when it carries the hang-up's message and no other
+  cancellation is pending: another party's, such as uvicorn's ``timeout_graceful_shutdown``,
+  propagates even when it lands in the same loop turn (the check of agronholm/anyio#1214).
+
+What a real scope gave that this does not: nested anyio scopes do not see a cancelled parent, so
+``anyio.from_thread.check_cancelled()`` in the thread stays quiet (``hangup_signal`` is what the
+thread reads) and the hang-up's cancel reaches the task only, not children of a task group the app
+runs (anyio's task group cancels them itself when the host task is cancelled).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
-import anyio
+from anyio._backends._asyncio import _task_states as anyio_task_states
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from demo_backend import hangup_signal
@@ -28,14 +55,47 @@ HANGUP_CANCEL_MESSAGE = "client hung up"
 
 # Messages after which the app has handed over its whole answer. ``pathsend`` and ``zerocopysend``
 # are ASGI extensions that uvicorn does not offer today; recognising them costs nothing.
-_BODY_MESSAGES = ("http.response.body", "http.response.zerocopysend")
+_BODY_MESSAGES = frozenset({"http.response.body", "http.response.zerocopysend"})
+"""The last one unless ``more_body`` is true."""
+_WHOLE_ANSWER_MESSAGES = frozenset({"http.response.pathsend"})
+"""Always the last one."""
 
 
 def is_final_response_message(message: Message) -> bool:
-    """Whether ``message`` is the app's last word on this response."""
-    if message["type"] == "http.response.pathsend":
-        return True
-    return message["type"] in _BODY_MESSAGES and not message.get("more_body", False)
+    """Whether ``message`` is the app's last word on this response.
+
+    ``InFlightRequest.__call__`` makes the same test inline, from the same two sets: a call per
+    message costs a request about 700 instructions.
+    """
+    kind = message["type"]
+    if kind in _BODY_MESSAGES:
+        return not message.get("more_body", False)
+    return kind in _WHOLE_ANSWER_MESSAGES
+
+
+def is_shielded_by_anyio(task: asyncio.Task[Any]) -> bool:
+    """Whether an anyio scope shields ``task`` now: where a cancelled parent scope holds back.
+
+    anyio keeps no public record of another task's scopes; this reads its asyncio backend's (the
+    same reads ``CancelScope._effectively_cancelled`` makes). Only a hang-up calls it.
+    """
+    state = anyio_task_states.get(task)
+    scope = state.cancel_scope if state is not None else None
+    while scope is not None:
+        if scope.shield:
+            return True
+        scope = scope._parent_scope
+    return False
+
+
+def is_hangup_cancellation(exc: BaseException | None) -> bool:
+    """Whether the hang-up's cancel raised ``exc``, or the ``CancelledError`` it replaced."""
+    # The chain: code that catches a CancelledError and raises a new one (anyio looks there too).
+    while isinstance(exc, asyncio.CancelledError):
+        if exc.args and exc.args[0] == HANGUP_CANCEL_MESSAGE:
+            return True
+        exc = exc.__context__
+    return False
 
 
 LOGGER_NAME = "hangup.cancel"
@@ -52,63 +112,120 @@ HANDLER_CANCELLED = "handler_cancelled"
 
 
 def log_handler_cancelled(request: InFlightRequest) -> None:
-    fields = {"request_id": request.request_id, "method": request.method, "path": request.path}
+    # The id is read here, not per request: only this line needs it (a fresh one when absent).
+    request_id = request_id_from_headers(request.headers)
+    fields = {"request_id": request_id, "method": request.method, "path": request.path}
     # The message reads on its own under any format; the extras are the same facts, structured.
     _log.info(
         "%s request_id=%s method=%s path=%s",
         HANDLER_CANCELLED,
-        request.request_id,
+        request_id,
         request.method,
         request.path,
         extra={"event": HANDLER_CANCELLED, **fields},
     )
 
 
-@dataclass(eq=False)
-class InFlightRequest:
-    """One HTTP request of the connection, from the app's first step until it returns."""
+class InFlightRequest(hangup_signal.HangupSignal):
+    """One HTTP request of the connection, from the app's first step until it returns.
 
-    task: asyncio.Task[Any]
-    method: str
-    path: str
-    request_id: str
-    cancellable: bool
-    response_complete: bool = False
-    hung_up: threading.Event = field(default_factory=threading.Event)
-    """Set with the cancel: what a thread of this request reads (``demo_backend.hangup_signal``)."""
-    cancel_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    """The app runs inside it; the hang-up cancels it (``ConnectionCanceller.__call__``)."""
+    Also the request's ``HangupSignal``: its threads read ``hung_up`` (``hangup_signal``).
+    The fields of the cancel's delivery are set by the hang-up (``cancel_on_hangup``): a request
+    that is never cancelled pays for this one object and nothing more.
+    """
 
-    def should_cancel_on_hangup(self) -> bool:
+    __slots__ = (
+        "_cancelling_at_enter",
+        "_cancels",
+        "_send",
+        "app_returned",
+        "headers",
+        "method",
+        "path",
+        "response_complete",
+        "task",
+    )
+
+    def __init__(self, task: asyncio.Task[Any], scope: Scope, send: Send) -> None:
+        self.hung_up = False
+        self.task = task
+        # Taken now, as the server parsed them: middleware may rewrite the scope in place.
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.headers: list[tuple[bytes, bytes]] = scope["headers"]
+        self._send = send
+        self.response_complete = False
+        # Before the app's first step: a cancel already requested is someone else's.
+        self._cancelling_at_enter = task.cancelling()
+
+    def __call__(self, message: Message) -> Awaitable[None]:
+        """The app's ``send``: notes the end of the response, then hands the message on.
+
+        The record itself is what the app gets as ``send`` (no bound method or closure made per
+        request), and it returns the server's awaitable (no coroutine of its own per message).
+        """
+        # Marked when the app hands the message over, before the server writes it: from here on
+        # nothing the app does is part of answering this client (is_final_response_message).
+        kind = message["type"]
+        if kind in _BODY_MESSAGES:
+            if not message.get("more_body", False):
+                self.response_complete = True
+        elif kind in _WHOLE_ANSWER_MESSAGES:
+            self.response_complete = True
+        return self._send(message)
+
+    def is_unanswered(self) -> bool:
         # A complete response means the client got its answer: what the task does now (Starlette
         # BackgroundTasks) is the server's own business and must survive the hang-up
         # (Kludex/starlette#1438 is the same bug, fixed in Starlette's BaseHTTPMiddleware).
-        return self.cancellable and not self.response_complete and not self.task.done()
+        return not self.response_complete and not self.task.done()
 
     def cancel_on_hangup(self) -> None:
-        # The event first: a thread that returns because of it finds the task already cancelled.
-        self.hung_up.set()
-        # anyio's cancel, not Task.cancel: Starlette runs a `def` endpoint with
-        # anyio.to_thread.run_sync, whose wait is shielded against anyio cancellation only. A
-        # native Task.cancel went straight through that shield (observed with anyio 4.16): the
-        # task unwound and logged handler_cancelled while the thread was still working. The scope's
-        # cancel is held until the thread returns, then delivered at the next await.
-        self.cancel_scope.cancel(HANGUP_CANCEL_MESSAGE)
+        if self.hung_up:
+            return
+        # The flag first: a thread that returns because of it finds the task being cancelled.
+        self.hung_up = True
+        # Set once the app has returned or raised: from then on nothing is delivered.
+        self.app_returned = False
+        # Cancels delivered and not yet taken back (Task.uncancel).
+        self._cancels = 0
+        self._deliver()
 
-    @property
-    def cancelled_on_hangup(self) -> bool:
-        # Only cancel_on_hangup cancels this scope: the scope itself remembers it.
-        return self.cancel_scope.cancel_called
+    def _deliver(self, _: object = None) -> None:
+        # One try of a cancelled scope's delivery (module docstring); it schedules the next.
+        task = self.task
+        if self.app_returned or task.done():
+            return
+        waiter = task._fut_waiter  # type: ignore[attr-defined]
+        if is_shielded_by_anyio(task):
+            if isinstance(waiter, asyncio.Future) and not waiter.done():
+                # Nothing can change while the task waits: try again once it wakes.
+                waiter.add_done_callback(self._deliver)
+                return
+        elif not task._must_cancel and (  # type: ignore[attr-defined]
+            not isinstance(waiter, asyncio.Future) or not waiter.done()
+        ):
+            task.cancel(HANGUP_CANCEL_MESSAGE)
+            self._cancels += 1
+        task.get_loop().call_soon(self._deliver)
 
-    def watch(self, send: Send) -> Send:
-        async def watched_send(message: Message) -> None:
-            if is_final_response_message(message):
-                # Marked when the app hands the message over, before the server writes it: from
-                # here on nothing the app does is part of answering this client.
-                self.response_complete = True
-            await send(message)
+    def settle(self, exc: BaseException | None = None) -> bool:
+        """After a hang-up, the app has ended (with ``exc``): stop delivering, take back cancels.
 
-        return watched_send
+        True when ``exc`` is the hang-up's cancellation and no one else's is pending: the
+        wrapper swallows it then, as a cancelled scope does its own.
+        """
+        self.app_returned = True
+        task = self.task
+        delivered = self._cancels
+        self._cancels = 0
+        for _ in range(delivered):
+            task.uncancel()
+        return (
+            delivered > 0
+            and is_hangup_cancellation(exc)
+            and task.cancelling() <= self._cancelling_at_enter
+        )
 
 
 class ConnectionCanceller:
@@ -132,26 +249,20 @@ class ConnectionCanceller:
         if task is None:  # pragma: no cover - an ASGI server always runs the app inside a task
             await self.app(scope, receive, send)
             return
-        request = InFlightRequest(
-            task=task,
-            method=scope["method"],
-            path=scope["path"],
-            request_id=request_id_from_headers(scope["headers"]),
-            cancellable=self.is_cancellable(scope),
-        )
+        request = InFlightRequest(task, scope, send)
         self._in_flight.add(request)
-        signal_token = hangup_signal.bind(request.hung_up)
+        signal_token = hangup_signal.bind(request)
         try:
-            # The scope swallows exactly the cancellation it delivered and un-counts it
-            # (Task.uncancel). A cancel from anyone else, such as uvicorn's graceful-shutdown
-            # timeout, propagates, even when it lands in the same loop turn as ours (anyio's
-            # CancelScope.__exit__, agronholm/anyio#1214): uvicorn's run_asgi reports it as before.
-            with request.cancel_scope:
-                await self.app(scope, receive, request.watch(send))
+            await self.app(scope, receive, request)
+        except asyncio.CancelledError as exc:
+            if not (request.hung_up and request.settle(exc)):
+                raise
         finally:
             hangup_signal.unbind(signal_token)
             self._in_flight.discard(request)
-        if request.cancelled_on_hangup:
+            if request.hung_up:
+                request.settle()
+        if request.hung_up:
             # Only here, once the app has returned: the handler, and a `def` endpoint's thread
             # with it, has stopped. An expected outcome, not an error: one line, no traceback.
             # Returning normally keeps run_asgi from logging "Exception in ASGI application".
@@ -159,16 +270,20 @@ class ConnectionCanceller:
 
     def is_cancellable(self, scope: Scope) -> bool:
         """The proxy's ``Hangup-Decision`` when trusted and present, else the method list."""
+        return self.should_cancel(scope["method"], scope["headers"])
+
+    def should_cancel(self, method: str, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+        # Asked at hang-up time only: a request that is never hung up on never pays for it.
         if self.trust_decision_header:
-            decided = decided_cancellable(scope["headers"])
+            decided = decided_cancellable(headers)
             if decided is not None:
                 return decided
-        return self._policy.should_cancel(scope["method"])
+        return self._policy.should_cancel(method)
 
     def connection_lost(self) -> None:
         """Cancel every request of this connection whose response is incomplete and cancellable."""
         for request in self._in_flight:
-            if request.should_cancel_on_hangup():
+            if request.is_unanswered() and self.should_cancel(request.method, request.headers):
                 request.cancel_on_hangup()
 
     def in_flight_count(self) -> int:

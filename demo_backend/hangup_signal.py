@@ -6,21 +6,34 @@ task's cancellation is held until the thread returns, and ``anyio.from_thread.ch
 inside the thread never sees it (observed, cancellation-facts §7). Nothing can stop a Python
 thread from outside, so the thread has to look.
 
-What it looks at: ``ConnectionCanceller`` gives every request a ``threading.Event`` and binds it
-to a context variable inside the request's task; the canceller sets it in the same step as it
-cancels the task. anyio runs the worker thread in a copy of the caller's context
-(``anyio.to_thread.run_sync``, like ``asyncio.to_thread``), so the endpoint's thread, and any
-thread it starts with a copied context, reads the same event: ``client_hung_up()`` is a
-lock-free flag read, cheap enough to call every few milliseconds. The event is set only for a
-request the policy cancels; a write carried to the end never sees it.
+What it looks at: ``ConnectionCanceller`` binds each request's ``HangupSignal`` (the request's own
+record, so nothing is made for it) to a context variable inside the request's task, and sets its
+flag in the same step as it starts cancelling the task. anyio runs the worker thread in a copy of
+the caller's context (``anyio.to_thread.run_sync``, like ``asyncio.to_thread``): the copy holds the
+same object, not a snapshot of its flag, so the endpoint's thread, and any thread it starts with a
+copied context, sees a hang-up that happens after it started. ``client_hung_up()`` is a lock-free
+read of one attribute (what ``threading.Event.is_set`` is too), cheap enough to call every few
+milliseconds. The flag is set only for a request the policy cancels; a write carried to the end
+never sees it.
 """
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 
-_hung_up: ContextVar[threading.Event | None] = ContextVar("hangup_hung_up", default=None)
+_signal: ContextVar[HangupSignal | None] = ContextVar("hangup_signal", default=None)
+
+
+class HangupSignal:
+    """One request's hang-up as its threads read it: ``hung_up`` goes from False to True once."""
+
+    __slots__ = ("hung_up",)
+
+    def __init__(self) -> None:
+        # A plain attribute: under the GIL one store is seen whole by every later read, in any
+        # thread, which is all ``threading.Event`` gives a reader that only polls.
+        self.hung_up = False
 
 
 class ClientHungUp(Exception):  # noqa: N818 - it names an event, like KeyboardInterrupt
@@ -29,8 +42,8 @@ class ClientHungUp(Exception):  # noqa: N818 - it names an event, like KeyboardI
 
 def client_hung_up() -> bool:
     """True once this request's client hung up and the policy cancels it. False outside one."""
-    event = _hung_up.get()
-    return event is not None and event.is_set()
+    signal = _signal.get()
+    return signal is not None and signal.hung_up
 
 
 def raise_if_hung_up() -> None:
@@ -38,10 +51,9 @@ def raise_if_hung_up() -> None:
         raise ClientHungUp
 
 
-def bind(event: threading.Event) -> Token[threading.Event | None]:
-    """Make ``event`` this context's hang-up signal (the canceller does, once per request)."""
-    return _hung_up.set(event)
-
-
-def unbind(token: Token[threading.Event | None]) -> None:
-    _hung_up.reset(token)
+# The canceller's two calls per request are the context variable's own methods: a function of
+# ours around each would cost every request two Python frames.
+bind: Callable[[HangupSignal], Token[HangupSignal | None]] = _signal.set
+"""Make a signal this context's hang-up signal (the canceller does, once per request)."""
+unbind: Callable[[Token[HangupSignal | None]], None] = _signal.reset
+"""Undo ``bind``, with the token it returned."""

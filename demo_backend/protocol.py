@@ -24,8 +24,9 @@ state:
    this connection, and only of it. The server-wide ``self.tasks`` set is left alone, so
    ``--limit-concurrency`` (which calls ``len(self.tasks)``) keeps working.
 2. The wrapper runs inside the request task: ``asyncio.current_task()`` is that task. It records
-   the task with the method, path and request id, and wraps ``send`` to note when the app hands
-   over the final ``http.response.body`` (``more_body`` false) or ``http.response.pathsend``.
+   the task with the method, path and headers (the request id is read from them only for the log
+   line), and wraps ``send`` to note when the app hands over the final ``http.response.body``
+   (``more_body`` false) or ``http.response.pathsend``.
 3. ``connection_lost`` (FIN, RST, or half-close: uvicorn's ``eof_received`` returns None) first
    lets uvicorn do its own bookkeeping, then cancels the recorded tasks whose response is
    incomplete and that the policy cancels: by the proxy's ``Hangup-Decision`` when it is trusted
@@ -35,12 +36,13 @@ state:
    idle connections, which calls ``connection_lost``) -- Starlette fixed exactly this bug in its
    own middleware (Kludex/starlette#1438). On a keep-alive connection request N's background work
    is not touched by a hang-up during request N+1.
-4. The app runs inside an anyio ``CancelScope``, and the hang-up cancels that scope rather than
-   the task: Starlette's wait for a ``def`` endpoint's thread is shielded against anyio
-   cancellation only, so the cancel is held until the thread returns. The scope swallows the
-   ``CancelledError`` it caused (and ``uncancel``s it); once the app has returned, the wrapper
-   logs one ``handler_cancelled`` record on the stdlib logger ``hangup.cancel``. Anything else --
-   another party's cancellation such as uvicorn's ``timeout_graceful_shutdown`` -- propagates, and
+4. The hang-up cancels the app as an anyio ``CancelScope`` around it would, built only when a
+   hang-up comes (``canceller`` module docstring: a real scope per request cost more than the
+   rest of the wrapper): Starlette's wait for a ``def`` endpoint's thread is shielded against
+   anyio cancellation only, so the cancel is held until the thread returns. The wrapper swallows
+   the ``CancelledError`` it caused (and ``uncancel``s it); once the app has returned, it logs one
+   ``handler_cancelled`` record on the stdlib logger ``hangup.cancel``. Anything else -- another
+   party's cancellation such as uvicorn's ``timeout_graceful_shutdown`` -- propagates, and
    uvicorn's ``run_asgi`` reports it as before.
 
 The request task is always registered before its connection can be lost: ``create_task`` schedules
@@ -48,14 +50,15 @@ the task's first step with ``call_soon`` while uvicorn handles the request head,
 uvloop's transports deliver ``connection_lost`` through ``call_soon`` too, later in FIFO order.
 
 Relies on uvicorn internals (``self.app``, ``connection_made``, ``connection_lost``); pyproject
-pins uvicorn to the range that the tests exercise with both h11 and httptools.
+pins uvicorn to the range that the tests exercise with both h11 and httptools. On a hang-up only,
+it also reads anyio's record of a task's cancel scopes (``canceller.is_shielded_by_anyio``).
 
 Known limitations
 -----------------
 - Above 64 KiB of unread request body (``flow_control.HIGH_WATER_LIMIT``) uvicorn pauses reading,
   and a paused transport does not see FIN or RST: a hang-up during a large upload that the handler
   has not read yet is noticed only when the handler reads (or never, if it never does).
-- Cancelling stops ``async`` code at its next ``await``, and, as in any anyio cancel scope, at
+- Cancelling stops ``async`` code at its next ``await``, and, as in a cancelled anyio scope, at
   every ``await`` after it until the handler returns: shield clean-up that must wait. A ``def``
   endpoint runs in a thread pool and keeps running until it returns (``hangup_signal`` lets it
   look); a database driver may be left mid-transaction (benoitc/gunicorn#3485 added a

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from demo_backend.cancel_methods import DEFAULT_CANCEL_METHODS
-from demo_backend.canceller import ConnectionCanceller, is_final_response_message
+from demo_backend.canceller import (
+    HANGUP_CANCEL_MESSAGE,
+    ConnectionCanceller,
+    is_final_response_message,
+)
+from demo_backend.hangup_signal import client_hung_up
 from tests.support import WAIT, watch_logs
 
 Sent = list[Message]
@@ -23,6 +31,10 @@ def http_scope(method: str = "GET", request_id: str | None = "unit-1") -> Scope:
 
 async def no_message() -> Message:
     raise AssertionError("the app under test does not read")
+
+
+async def no_send(message: Message) -> None:
+    raise AssertionError(f"the app under test sends nothing, but sent {message['type']}")
 
 
 class Gate:
@@ -175,3 +187,142 @@ async def test_non_http_scopes_pass_through_untouched(scope_type: str) -> None:
     await ConnectionCanceller(inner, frozenset({"*"}))(scope, no_message, send)
 
     assert seen == [(scope, no_message, send)]
+
+
+async def loop_turns(count: int = 5) -> None:
+    """Let the loop run ``count`` iterations: room for a cancel that should not come to land."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def never() -> None:
+    await asyncio.Event().wait()
+
+
+async def test_a_hangup_waits_for_an_anyio_shield_and_lands_at_the_next_await_after_it() -> None:
+    gate = Gate()
+    steps: list[str] = []
+
+    async def shielded(scope: Scope, receive: Receive, send: Send) -> None:
+        with anyio.CancelScope(shield=True):
+            await gate(scope, receive, send)
+            steps.append("shield_left")
+        try:
+            await never()
+        except asyncio.CancelledError:
+            steps.append("cancelled")
+            raise
+
+    canceller = ConnectionCanceller(shielded, DEFAULT_CANCEL_METHODS)
+    with watch_logs() as logs:
+        task = await start(canceller, gate, http_scope())
+        canceller.connection_lost()
+        await loop_turns()
+        assert not gate.cancelled.is_set()
+        gate.release.set()
+        await finish(task)
+
+    assert steps == ["shield_left", "cancelled"]
+    assert task.cancelling() == 0
+    assert [line["request_id"] for line in logs.events("handler_cancelled")] == ["unit-1"]
+
+
+async def test_a_thread_sees_a_hangup_after_it_started_and_the_cancel_waits_for_its_return() -> (
+    None
+):
+    started, may_look = threading.Event(), threading.Event()
+    steps: list[str] = []
+
+    def work() -> None:
+        started.set()
+        assert may_look.wait(WAIT)
+        steps.append(f"thread_saw_hang_up={client_hung_up()}")
+
+    async def threaded(scope: Scope, receive: Receive, send: Send) -> None:
+        await anyio.to_thread.run_sync(work)
+        steps.append("thread_returned")
+        try:
+            await never()
+        except asyncio.CancelledError:
+            steps.append("cancelled")
+            raise
+
+    canceller = ConnectionCanceller(threaded, DEFAULT_CANCEL_METHODS)
+    with watch_logs() as logs:
+        task = asyncio.create_task(canceller(http_scope(), no_message, no_send))
+        assert await asyncio.to_thread(started.wait, WAIT)
+        canceller.connection_lost()
+        await loop_turns()
+        assert not task.done()  # Starlette's shielded wait for the thread holds the cancel
+        may_look.set()
+        await finish(task)
+
+    assert steps == ["thread_saw_hang_up=True", "thread_returned", "cancelled"]
+    assert task.cancelling() == 0
+    assert len(logs.events("handler_cancelled")) == 1
+
+
+async def test_a_handler_that_catches_the_cancellation_is_cancelled_again_at_its_next_await() -> (
+    None
+):
+    gate = Gate()
+    cancellations: list[str] = []
+
+    async def stubborn(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await gate(scope, receive, send)
+        except asyncio.CancelledError as first:
+            cancellations.append(str(first))
+        try:
+            await never()
+        except asyncio.CancelledError as second:
+            cancellations.append(str(second))
+            raise
+
+    canceller = ConnectionCanceller(stubborn, DEFAULT_CANCEL_METHODS)
+    with watch_logs() as logs:
+        task = await start(canceller, gate, http_scope())
+        canceller.connection_lost()
+        await finish(task)
+
+    assert len(cancellations) == 2
+    assert all(HANGUP_CANCEL_MESSAGE in message for message in cancellations)
+    assert task.cancelling() == 0
+    assert len(logs.events("handler_cancelled")) == 1
+
+
+async def test_a_hangup_cancellation_the_handler_swallows_is_taken_back_and_still_logged() -> None:
+    gate = Gate()
+
+    async def swallowing(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await gate(scope, receive, send)
+        except asyncio.CancelledError:
+            await send({"type": "http.response.start", "status": 499, "headers": []})
+
+    canceller = ConnectionCanceller(swallowing, DEFAULT_CANCEL_METHODS)
+    with watch_logs() as logs:
+        task = await start(canceller, gate, http_scope())
+        canceller.connection_lost()
+        await finish(task)
+
+    assert task.cancelling() == 0
+    assert len(logs.events("handler_cancelled")) == 1
+
+
+async def test_a_cancellation_by_someone_else_while_a_shield_holds_the_hangup_propagates() -> None:
+    gate = Gate()
+
+    async def shielded(scope: Scope, receive: Receive, send: Send) -> None:
+        with anyio.CancelScope(shield=True):
+            await gate(scope, receive, send)
+
+    canceller = ConnectionCanceller(shielded, DEFAULT_CANCEL_METHODS)
+    with watch_logs() as logs:
+        task = await start(canceller, gate, http_scope())
+        canceller.connection_lost()
+        task.cancel(msg="timeout graceful shutdown exceeded")  # native: goes through the shield
+        with pytest.raises(asyncio.CancelledError):
+            await finish(task)
+
+    assert logs.events("handler_cancelled") == []
