@@ -9,12 +9,25 @@ MAX_HEAD_SIZE: Final = 64 * 1024
 collects a field across reads, so a broken upstream could otherwise grow one without bound."""
 
 
+FRAMING_NAME_LENGTHS: Final = (len(b"content-length"), len(b"transfer-encoding"))
+"""The lengths of the two framing field names: a field of any other length cannot frame a body,
+so the reader picks out candidates as fields arrive, with no lower-casing (issue 16)."""
+
+
 class ResponseHead:
     """The status line and header fields of the upstream's (final) answer, and its framing."""
 
     __slots__ = ("chunked", "content_length", "raw_headers", "reason", "status")
 
-    def __init__(self, status: int, reason: str, raw_headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        raw_headers: list[tuple[bytes, bytes]],
+        framing_candidates: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """``framing_candidates``: the fields among ``raw_headers`` that may frame the body, when
+        the caller picked them out already (``FRAMING_NAME_LENGTHS``); else all are looked at."""
         self.status = status
         self.reason = reason
         self.raw_headers = raw_headers
@@ -22,7 +35,7 @@ class ResponseHead:
         # a repeated or non-numeric Content-Length, and Transfer-Encoding overrides one (rule 3).
         length: int | None = None
         last_coding: bytes | None = None
-        for name, value in raw_headers:
+        for name, value in raw_headers if framing_candidates is None else framing_candidates:
             lowered = name.lower()
             if lowered == b"transfer-encoding":
                 last_coding = value.rpartition(b",")[2].strip().lower()

@@ -26,7 +26,7 @@ from typing import Final, cast
 import httptools
 
 from proxy.upstream.errors import UpstreamBrokenError, UpstreamError
-from proxy.upstream.head import MAX_HEAD_SIZE, ResponseHead
+from proxy.upstream.head import FRAMING_NAME_LENGTHS, MAX_HEAD_SIZE, ResponseHead
 from proxy.upstream.round_trip import RoundTrip
 from proxy.upstream.teardown import close_now
 
@@ -132,6 +132,8 @@ class ResponseReader(asyncio.Protocol):
         trip.parsed_head += len(name) + len(value) + 4
         if trip.head is None:
             trip.headers.append((name, value))
+            if len(name) in FRAMING_NAME_LENGTHS:
+                trip.framing_candidates.append((name, value))
         # Trailer fields come here too, after the head: dropped, as aiohttp's client did.
 
     def on_headers_complete(self) -> None:
@@ -145,6 +147,7 @@ class ResponseReader(asyncio.Protocol):
             # answer follows on the same connection.
             trip.reason = b""
             trip.headers = []
+            trip.framing_candidates = []
             return
         if status == 101 and not trip.upgrade:
             raise _UpgradeError
@@ -154,7 +157,9 @@ class ResponseReader(asyncio.Protocol):
             # Upgrade mode: the head is given out only once llhttp confirms the switch
             # (``_switch``); a 101 without ``Connection: upgrade`` becomes a parse error instead.
             return
-        trip.head = ResponseHead(status, trip.reason.decode("latin-1"), trip.headers)
+        trip.head = ResponseHead(
+            status, trip.reason.decode("latin-1"), trip.headers, trip.framing_candidates
+        )
         # Asked now: llhttp forgets the message's keep-alive state once it is complete.
         trip.keep_alive = parser.should_keep_alive()
         if trip.head_only:
@@ -197,7 +202,9 @@ class ResponseReader(asyncio.Protocol):
         self._transport.pause_reading()
         self._switched = rest
         status = self._parser.get_status_code()
-        trip.head = ResponseHead(status, trip.reason.decode("latin-1"), trip.headers)
+        trip.head = ResponseHead(
+            status, trip.reason.decode("latin-1"), trip.headers, trip.framing_candidates
+        )
         trip.complete = True
         trip.wake()
 

@@ -27,6 +27,7 @@ class RoundTrip:
         "chunks",
         "complete",
         "failure",
+        "framing_candidates",
         "head",
         "head_bytes",
         "head_only",
@@ -54,6 +55,8 @@ class RoundTrip:
         # --- the answer's head, while llhttp reads it -----------------------------------------
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.framing_candidates: list[tuple[bytes, bytes]] = []
+        """Those of ``headers`` whose names are as long as a framing one (``ResponseHead``)."""
         # The head's size is counted twice over, against MAX_HEAD_SIZE: ``head_bytes`` (bytes
         # read while the head is unfinished) catches a head that grows across reads, even inside
         # one endless field that llhttp has not handed over yet; ``parsed_head`` (the fields
