@@ -112,15 +112,13 @@ def render_request_fields(fields: dict[str, Any]) -> str | None:
     string = encode_json_string
     return (
         f'"request_id": {string(request_id)}, "method": {string(method)}, '
-        f'"path": {string(path)}, "status": {_json_int(status)}, '
+        # The integers inline: a function call each cost as much as the rest of one (issue 16).
+        f'"path": {string(path)}, "status": {"null" if status is None else int.__repr__(status)}, '
         f'"outcome": {string(outcome)}, "duration_ms": {duration_ms!r}, '
-        f'"upstream_status": {_json_int(upstream_status)}, '
+        f'"upstream_status": '
+        f"{'null' if upstream_status is None else int.__repr__(upstream_status)}, "
         f'"client": {"null" if client is None else string(client)}'
     )
-
-
-def _json_int(value: int | None) -> str:
-    return "null" if value is None else int.__repr__(value)
 
 
 def _json_fallback(value: Any) -> Any:

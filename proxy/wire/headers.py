@@ -331,6 +331,8 @@ def expects_continue(values: Sequence[str]) -> bool | None:
     ``Expect`` is a list, whose empty elements a recipient must ignore (RFC 9110 §5.6.1.2), so
     ``100-continue,`` is 100-continue and an empty ``Expect`` expects nothing.
     """
+    if not values:
+        return None  # nearly every request: no list to build (issue 16)
     members = [
         member.strip().lower() for value in values for member in value.split(",") if member.strip()
     ]
