@@ -222,8 +222,7 @@ class Forwarder:
                 if not budget.expired():
                     raise
                 return self._deadline_passed(request, exchange)
-        # The wait for the head is the caller's, so that the connection is the only frame between
-        # this one and the future it waits on (issue 16).
+        # _send_upstream sends; the wait for the answer's head is here.
         connection = await self._send_upstream(request, exchange, leg, ahead, body_deadline)
         head = await connection.response_head()
         exchange.upstream_answered(head.status)

@@ -110,7 +110,7 @@ class UpstreamConnection(ResponseReader):
         self._waiting_head: bytes | None = None  # a request head held for the end of the turn
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
-        # The read timeout (``_waiter``): the timed wait under way, since when, and the one timer.
+        # The read timeout (``_wait``): the timed wait under way, since when, and the one timer.
         self._timed_waiter: asyncio.Future[None] | None = None
         self._timed_since = 0.0
         self._read_timer: asyncio.TimerHandle | None = None
@@ -217,12 +217,7 @@ class UpstreamConnection(ResponseReader):
         while (head := trip.head) is None:
             if trip.failure is not None:
                 raise trip.failure
-            # Awaited here, not in a helper coroutine: one frame less to resume (issue 16).
-            waiter = self._waiter(trip)
-            try:
-                await waiter
-            finally:
-                self._wait_over(trip)
+            await self._wait(trip)
         if trip.failure is not None and not trip.complete:
             # The body broke in the very read that brought the head: nothing has reached the
             # client yet, so it can still be told with a 502 instead of a cut.
@@ -258,12 +253,7 @@ class UpstreamConnection(ResponseReader):
                 return b""
             if trip.failure is not None:
                 raise trip.failure
-            # Awaited here, not in a helper coroutine: one frame less to resume (issue 16).
-            waiter = self._waiter(trip)
-            try:
-                await waiter
-            finally:
-                self._wait_over(trip)
+            await self._wait(trip)
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         trip.chunks = []
         trip.buffered = 0
@@ -329,8 +319,8 @@ class UpstreamConnection(ResponseReader):
 
     # --- internals --------------------------------------------------------------------------
 
-    def _waiter(self, trip: RoundTrip) -> asyncio.Future[None]:
-        """The future a wait for the upstream awaits; ``_wait_over`` ends the wait, however."""
+    async def _wait(self, trip: RoundTrip) -> None:
+        """Wait until something the exchange may be waiting for happens (``RoundTrip.wake``)."""
         loop = self._loop
         waiter = trip.waiter = loop.create_future()
         if trip.request_sent:
@@ -341,11 +331,11 @@ class UpstreamConnection(ResponseReader):
             self._timed_since = now = loop.time()
             if self._read_timer is None:
                 self._read_timer = loop.call_at(now + self._read_timeout, self._check_read_timeout)
-        return waiter
-
-    def _wait_over(self, trip: RoundTrip) -> None:
-        trip.waiter = None
-        self._timed_waiter = None
+        try:
+            await waiter
+        finally:
+            trip.waiter = None
+            self._timed_waiter = None
 
     def _check_read_timeout(self) -> None:
         self._read_timer = None
