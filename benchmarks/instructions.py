@@ -18,6 +18,10 @@ the proxy do less?"; ``benchmarks/run`` answers "how fast is it?". ``--connectio
 request per loop turn (nothing batched, the steadiest count); more connections let turns batch
 their writes, as under wrk.
 
+``--backend KEY`` counts a uvicorn backend of the backend half instead (``benchmarks.backends``:
+``uvicorn-httptools``, ``cancelling-httptools``, ``uvicorn-h11``, ``cancelling-h11``), answering
+FastAPI's hello world at ``GET /`` with no proxy and no origin: the protocol's cost a request.
+
 Example A/B, a change against the last commit (the editable install honours ``PYTHONPATH``)::
 
     git archive HEAD proxy | tar -x -C /tmp/before
@@ -36,7 +40,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import nginx, post
+from benchmarks import backends, nginx, post
 from benchmarks.plan import BARE_PROXY_ARGV, HANGUP_SCRIPT, ROOT
 from benchmarks.processes import LOOPBACK, Fleet, StartError, free_port, wait_until_listening
 from benchmarks.tools import ToolError, ensure_tools
@@ -58,6 +62,13 @@ def request_bytes(size: str, *, with_body: bool) -> bytes:
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode() + body
     return f"GET /{size} HTTP/1.1\r\nHost: bench\r\nUser-Agent: instructions\r\n\r\n".encode()
+
+
+def backend_request() -> bytes:
+    """The request each client repeats against a backend: the hello world's ``GET /``."""
+    return (
+        f"GET {backends.PATH} HTTP/1.1\r\nHost: bench\r\nUser-Agent: instructions\r\n\r\n".encode()
+    )
 
 
 async def _one_client(port: int, request: bytes, count: int) -> None:
@@ -101,20 +112,17 @@ async def _callgrind_control(*args: str) -> None:
 
 
 async def measure(args: argparse.Namespace, fleet: Fleet, prefix: Path) -> str:
-    tools = ensure_tools(_say)
-    origin_port = free_port()
-    config = nginx.origin_config(prefix, origin_port, nginx.write_site(prefix))
-    origin = fleet.spawn(
-        "nginx origin", nginx.nginx_argv(tools.nginx, prefix, "origin", config), core=None
-    )
-    await wait_until_listening("nginx origin", origin, origin_port, prefix / "origin-error.log")
     port = free_port()
-    listen = f"{LOOPBACK}:{port}"
-    if args.proxy == "bare":
-        argv = [*BARE_PROXY_ARGV, "--listen", listen, "--upstream", f"{LOOPBACK}:{origin_port}"]
+    if args.backend is not None:
+        name = args.backend
+        argv = backends.uvicorn_argv(backends.BACKENDS[name], port)
+        request = backend_request()
+        what = f"GET {backends.PATH}"
     else:
-        upstream = f"http://{LOOPBACK}:{origin_port}"
-        argv = [str(HANGUP_SCRIPT), "--listen", listen, "--upstream", upstream]
+        name = args.proxy
+        argv = await _proxy_argv(args, fleet, prefix, port)
+        request = request_bytes(args.size, with_body=args.post)
+        what = f"POST /{post.PATH}" if args.post else f"GET /{args.size}"
     out = prefix / "callgrind.out"
     valgrind = [
         "valgrind",
@@ -122,23 +130,37 @@ async def measure(args: argparse.Namespace, fleet: Fleet, prefix: Path) -> str:
         "--instr-atstart=no",
         f"--callgrind-out-file={out}.%p",
     ]
-    proxy = fleet.spawn(args.proxy, [*valgrind, *argv], core=None, cwd=ROOT)
+    server = fleet.spawn(name, [*valgrind, *argv], core=None, cwd=ROOT)
     # Start-up under valgrind takes a while (every import is translated).
-    await wait_until_listening(args.proxy, proxy, port, None, within=180)
-    request = request_bytes(args.size, with_body=args.post)
+    await wait_until_listening(name, server, port, None, within=180)
     await load(port, request, args.connections, 20)  # warm-up, uninstrumented
-    pid = str(proxy.pid)
+    pid = str(server.pid)
     await _callgrind_control("-i", "on", pid)
     per_connection = max(1, args.requests // args.connections)
     await load(port, request, args.connections, per_connection)
     await _callgrind_control("-d", pid)
     requests = per_connection * args.connections
-    what = f"POST /{post.PATH}" if args.post else f"GET /{args.size}"
     total = _callgrind_total(out)
     return (
-        f"{args.proxy}: {total / requests / 1000:.1f} k instructions per request "
+        f"{name}: {total / requests / 1000:.1f} k instructions per request "
         f"({what}, {requests} requests on {args.connections} connections)"
     )
+
+
+async def _proxy_argv(args: argparse.Namespace, fleet: Fleet, prefix: Path, port: int) -> list[str]:
+    """Start the nginx origin; the command line of the proxy in front of it, on ``port``."""
+    tools = ensure_tools(_say)
+    origin_port = free_port()
+    config = nginx.origin_config(prefix, origin_port, nginx.write_site(prefix))
+    origin = fleet.spawn(
+        "nginx origin", nginx.nginx_argv(tools.nginx, prefix, "origin", config), core=None
+    )
+    await wait_until_listening("nginx origin", origin, origin_port, prefix / "origin-error.log")
+    listen = f"{LOOPBACK}:{port}"
+    if args.proxy == "bare":
+        return [*BARE_PROXY_ARGV, "--listen", listen, "--upstream", f"{LOOPBACK}:{origin_port}"]
+    upstream = f"http://{LOOPBACK}:{origin_port}"
+    return [str(HANGUP_SCRIPT), "--listen", listen, "--upstream", upstream]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks.instructions", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--proxy", choices=["hangup", "bare"], default="hangup")
+    parser.add_argument(
+        "--backend",
+        choices=sorted(backends.BACKENDS),
+        help="count this uvicorn backend of the backend half instead of a proxy",
+    )
     parser.add_argument("--size", choices=sorted(nginx.BODY_SIZES), default="1k")
     parser.add_argument("--post", action="store_true", help="the POST case instead of a GET")
     parser.add_argument("--connections", type=int, default=16)

@@ -25,8 +25,9 @@ state:
    ``--limit-concurrency`` (which calls ``len(self.tasks)``) keeps working.
 2. The wrapper runs inside the request task: ``asyncio.current_task()`` is that task. It records
    the task with the method, path and headers (the request id is read from them only for the log
-   line), and wraps ``send`` to note when the app hands over the final ``http.response.body``
-   (``more_body`` false) or ``http.response.pathsend``.
+   line) and uvicorn's ``send``, and passes the app uvicorn's own ``receive`` and ``send``: whether
+   the response is complete is read at hang-up time from the ``RequestResponseCycle`` that
+   ``send`` belongs to (``InFlightRequest.response_complete``).
 3. ``connection_lost`` (FIN, RST, or half-close: uvicorn's ``eof_received`` returns None) first
    lets uvicorn do its own bookkeeping, then cancels the recorded tasks whose response is
    incomplete and that the policy cancels: by the proxy's ``Hangup-Decision`` when it is trusted

@@ -13,11 +13,7 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from demo_backend.cancel_methods import DEFAULT_CANCEL_METHODS
-from demo_backend.canceller import (
-    HANGUP_CANCEL_MESSAGE,
-    ConnectionCanceller,
-    is_final_response_message,
-)
+from demo_backend.canceller import HANGUP_CANCEL_MESSAGE, ConnectionCanceller
 from demo_backend.hangup_signal import client_hung_up
 from tests.support import WAIT, watch_logs
 
@@ -58,13 +54,24 @@ class Gate:
             raise
 
 
-async def start(
-    canceller: ConnectionCanceller, gate: Gate, scope: Scope, sent: Sent | None = None
-) -> asyncio.Task[None]:
-    async def send(message: Message) -> None:
-        if sent is not None:
-            sent.append(message)
+class ServerCycle:
+    """What uvicorn's ``RequestResponseCycle`` shows the canceller: a bound ``send`` whose object
+    sets ``response_complete`` when it takes the last body message (``more_body`` false)."""
 
+    def __init__(self) -> None:
+        self.sent: Sent = []
+        self.response_complete = False
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.response_complete = True
+
+
+async def start(
+    canceller: ConnectionCanceller, gate: Gate, scope: Scope, cycle: ServerCycle | None = None
+) -> asyncio.Task[None]:
+    send = (cycle or ServerCycle()).send
     task = asyncio.create_task(canceller(scope, no_message, send))
     async with asyncio.timeout(WAIT):
         await gate.entered.wait()
@@ -74,22 +81,6 @@ async def start(
 async def finish(task: asyncio.Task[None]) -> None:
     async with asyncio.timeout(WAIT):
         await task
-
-
-@pytest.mark.parametrize(
-    ("message", "expected"),
-    [
-        pytest.param({"type": "http.response.start", "status": 200}, False, id="start"),
-        pytest.param({"type": "http.response.body", "body": b""}, True, id="body-default-final"),
-        pytest.param({"type": "http.response.body", "more_body": False}, True, id="body-final"),
-        pytest.param({"type": "http.response.body", "more_body": True}, False, id="body-chunk"),
-        pytest.param({"type": "http.response.pathsend", "path": "/f"}, True, id="pathsend"),
-        pytest.param({"type": "http.response.zerocopysend", "more_body": True}, False, id="zc"),
-        pytest.param({"type": "http.response.trailers", "more_trailers": False}, False, id="tr"),
-    ],
-)
-def test_final_response_message_is_recognised(message: Message, expected: bool) -> None:
-    assert is_final_response_message(message) is expected
 
 
 async def test_own_cancellation_is_absorbed_and_logged_once() -> None:
@@ -140,14 +131,46 @@ async def test_a_cancellation_that_is_not_ours_propagates() -> None:
 async def test_a_request_whose_response_was_sent_is_not_cancelled() -> None:
     gate = Gate(answer_first=True)
     canceller = ConnectionCanceller(gate, DEFAULT_CANCEL_METHODS)
-    sent: Sent = []
-    task = await start(canceller, gate, http_scope(), sent)
+    cycle = ServerCycle()
+    task = await start(canceller, gate, http_scope(), cycle)
     canceller.connection_lost()
     gate.release.set()
     await finish(task)
 
     assert not gate.cancelled.is_set()
-    assert [message["type"] for message in sent] == ["http.response.start", "http.response.body"]
+    assert [message["type"] for message in cycle.sent] == [
+        "http.response.start",
+        "http.response.body",
+    ]
+
+
+async def test_a_send_that_is_not_a_server_cycles_counts_as_an_unfinished_answer() -> None:
+    # Only uvicorn's cycle says when its response is complete; anything else is cancelled.
+    gate = Gate(answer_first=True)
+    canceller = ConnectionCanceller(gate, DEFAULT_CANCEL_METHODS)
+
+    async def plain_send(message: Message) -> None:
+        pass
+
+    task = asyncio.create_task(canceller(http_scope(), no_message, plain_send))
+    async with asyncio.timeout(WAIT):
+        await gate.entered.wait()
+    canceller.connection_lost()
+    await finish(task)
+
+    assert gate.cancelled.is_set()
+
+
+async def test_the_app_gets_the_servers_own_receive_and_send() -> None:
+    seen: list[tuple[Any, Any]] = []
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append((receive, send))
+
+    cycle = ServerCycle()
+    await ConnectionCanceller(inner, DEFAULT_CANCEL_METHODS)(http_scope(), no_message, cycle.send)
+
+    assert seen == [(no_message, cycle.send)]
 
 
 async def test_a_method_outside_the_policy_is_not_cancelled() -> None:
