@@ -4,9 +4,9 @@ One ``ConnectionCanceller`` wraps the ASGI app for one HTTP connection (see ``pr
 how it is installed and why). It is a pure-ASGI middleware in Starlette's four-part shape: it
 records each HTTP request's task, hands the app the server's own ``receive`` and ``send``, and on
 ``connection_lost`` cancels only the requests that are still answering (the server has not taken
-their last message) and that the policy lets
-it cancel: the proxy's ``Hangup-Decision`` when trusted (``proxy.policy.decision_header``), else the
-method list. It swallows exactly the cancellations it caused.
+their last message) and that the policy lets it cancel: the proxy's ``Hangup-Decision`` when
+trusted (``proxy.policy.decision_header``), else the method list. It swallows exactly the
+cancellations it caused.
 
 Theory of operation: a cancel scope that costs nothing until it is cancelled
 --------------------------------------------------------------------------------
