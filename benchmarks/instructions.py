@@ -53,6 +53,11 @@ def _say(message: str) -> None:
     print(f"instructions: {message}", file=sys.stderr, flush=True)
 
 
+def get_request(path: str) -> bytes:
+    """A keep-alive GET of ``path``, as each client repeats it."""
+    return f"GET {path} HTTP/1.1\r\nHost: bench\r\nUser-Agent: instructions\r\n\r\n".encode()
+
+
 def request_bytes(size: str, *, with_body: bool) -> bytes:
     """The request each client repeats: a GET of ``/SIZE``, or the POST case's JSON body."""
     if with_body:
@@ -61,14 +66,7 @@ def request_bytes(size: str, *, with_body: bool) -> bytes:
             f"POST /{post.PATH} HTTP/1.1\r\nHost: bench\r\nContent-Type: {post.CONTENT_TYPE}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode() + body
-    return f"GET /{size} HTTP/1.1\r\nHost: bench\r\nUser-Agent: instructions\r\n\r\n".encode()
-
-
-def backend_request() -> bytes:
-    """The request each client repeats against a backend: the hello world's ``GET /``."""
-    return (
-        f"GET {backends.PATH} HTTP/1.1\r\nHost: bench\r\nUser-Agent: instructions\r\n\r\n".encode()
-    )
+    return get_request(f"/{size}")
 
 
 async def _one_client(port: int, request: bytes, count: int) -> None:
@@ -116,7 +114,7 @@ async def measure(args: argparse.Namespace, fleet: Fleet, prefix: Path) -> str:
     if args.backend is not None:
         name = args.backend
         argv = backends.uvicorn_argv(backends.BACKENDS[name], port)
-        request = backend_request()
+        request = get_request(backends.PATH)
         what = f"GET {backends.PATH}"
     else:
         name = args.proxy
