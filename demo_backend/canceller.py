@@ -35,6 +35,33 @@ What a real scope gave that this does not: nested anyio scopes do not see a canc
 ``anyio.from_thread.check_cancelled()`` in the thread stays quiet (``hangup_signal`` is what the
 thread reads) and the hang-up's cancel reaches the task only, not children of a task group the app
 runs (anyio's task group cancels them itself when the host task is cancelled).
+
+A signal that does not wake the garbage collector
+-------------------------------------------------
+CPython starts a collection of its youngest generation when allocations of tracked objects exceed
+deallocations by 700 (``gc.get_threshold()``); a collection promotes what is alive to the older
+generations, and each full collection then scans the whole heap. Under load uvicorn with FastAPI
+keeps about ten tracked objects alive per request in flight, so at 64 connections it stays just
+under the threshold and hardly collects at all while serving. A few more objects alive per request
+push it over: binding each request's ``HangupSignal`` with ``ContextVar.set`` inside its task
+(three objects: the token, the context's new mapping and its node) took one server from about 160
+collections in four seconds of load to about 1,100, nine of them full: a tenth of its time
+(``gc.callbacks``, issue 16).
+
+So the signal is bound where it costs nothing per request. A task copies the context that is
+current where it is created, and uvicorn creates a request's task inside the ``data_received``
+call that read its head; asyncio and uvloop run all of a transport's protocol callbacks in one
+context of its own (the leak python/cpython#140947 describes, and uvicorn's ``reset_contextvars``
+opts out of). The protocol calls ``unclaimed_signal`` there first, and the task inherits the
+signal with the copy. The wrapper claims it for its request and, once the app has returned
+without a hang-up, gives it back: the connection's next request takes the same signal, and a
+keep-alive connection allocates and binds one signal in its life. A signal that saw a hang-up is
+never given back, and a request that finds the signal still claimed (request N's background work
+outlives the head of request N+1), or none (a pipelined request, which uvicorn starts from the
+previous request's task; ``reset_contextvars``; the wrapper without the protocol) binds a fresh
+one in its own task. What the reuse costs: a thread that outlives its request's app (started
+without being awaited, in a copy of its context) reads the signal of a later request on the same
+connection, whose hang-up is the same client's.
 """
 
 from __future__ import annotations
@@ -118,12 +145,41 @@ def log_handler_cancelled(request: InFlightRequest) -> None:
     )
 
 
-class InFlightRequest(hangup_signal.HangupSignal):
+class RequestSignal(hangup_signal.HangupSignal):
+    """A request's ``HangupSignal`` as the canceller binds it: claimed by one request at a time.
+
+    It holds no reference to anything, so the connection's context keeps it, from one request to
+    the next (module docstring: a signal that does not wake the garbage collector).
+    """
+
+    __slots__ = ("claimed",)
+
+    def __init__(self) -> None:
+        self.hung_up = False
+        # Whether a request's app is running with it; False again once the app returned unharmed.
+        self.claimed = False
+
+
+def unclaimed_signal() -> RequestSignal:
+    """The signal this context holds for a request yet to claim it; bound here when there is none.
+
+    The protocol calls it before uvicorn reads bytes that may start a request, so that the task
+    started for them inherits one; the wrapper calls it in the task and claims what it returns
+    (``InFlightRequest``).
+    """
+    signal = hangup_signal.bound()
+    if not isinstance(signal, RequestSignal) or signal.claimed:
+        signal = RequestSignal()
+        hangup_signal.bind(signal)
+    return signal
+
+
+class InFlightRequest:
     """One HTTP request of the connection, from the app's first step until it returns.
 
-    Also the request's ``HangupSignal``: its threads read ``hung_up`` (``hangup_signal``).
-    The fields of the cancel's delivery are set by the hang-up (``cancel_on_hangup``): a request
-    that is never cancelled pays for this one object and nothing more.
+    ``signal`` is the request's ``HangupSignal``: its threads read it (``hangup_signal``). The
+    fields of the cancel's delivery are set by the hang-up (``cancel_on_hangup``): a request that is
+    never cancelled pays for this one object and its signal, nothing more.
     """
 
     __slots__ = (
@@ -134,11 +190,13 @@ class InFlightRequest(hangup_signal.HangupSignal):
         "method",
         "path",
         "send",
+        "signal",
         "task",
     )
 
-    def __init__(self, task: asyncio.Task[Any], scope: Scope, send: Send) -> None:
-        self.hung_up = False
+    def __init__(
+        self, task: asyncio.Task[Any], scope: Scope, send: Send, signal: RequestSignal
+    ) -> None:
         self.task = task
         # Taken now, as the server parsed them: middleware may rewrite the scope in place.
         self.method: str = scope["method"]
@@ -146,6 +204,8 @@ class InFlightRequest(hangup_signal.HangupSignal):
         self.headers: list[tuple[bytes, bytes]] = scope["headers"]
         # The server's own send, handed to the app untouched (response_complete says why).
         self.send = send
+        signal.claimed = True
+        self.signal = signal
         # Before the app's first step: a cancel already requested is someone else's.
         self._cancelling_at_enter = task.cancelling()
 
@@ -170,10 +230,10 @@ class InFlightRequest(hangup_signal.HangupSignal):
         return not self.response_complete() and not self.task.done()
 
     def cancel_on_hangup(self) -> None:
-        if self.hung_up:
+        if self.signal.hung_up:
             return
         # The flag first: a thread that returns because of it finds the task being cancelled.
-        self.hung_up = True
+        self.signal.hung_up = True
         # Set once the app has returned or raised: from then on nothing is delivered.
         self.app_returned = False
         # Cancels delivered and not yet taken back (Task.uncancel).
@@ -238,20 +298,23 @@ class ConnectionCanceller:
         if task is None:  # pragma: no cover - an ASGI server always runs the app inside a task
             await self.app(scope, receive, send)
             return
-        request = InFlightRequest(task, scope, send)
+        signal = unclaimed_signal()
+        request = InFlightRequest(task, scope, send, signal)
         self._in_flight.add(request)
-        signal_token = hangup_signal.bind(request)
         try:
             await self.app(scope, receive, send)
         except asyncio.CancelledError as exc:
-            if not (request.hung_up and request.settle(exc)):
+            if not (signal.hung_up and request.settle(exc)):
                 raise
         finally:
-            hangup_signal.unbind(signal_token)
             self._in_flight.discard(request)
-            if request.hung_up:
+            if signal.hung_up:
                 request.settle()
-        if request.hung_up:
+            else:
+                # The app has returned unharmed: the connection's next request may take the
+                # same signal (module docstring: a signal that does not wake the GC).
+                signal.claimed = False
+        if signal.hung_up:
             # Only here, once the app has returned: the handler, and a `def` endpoint's thread
             # with it, has stopped. An expected outcome, not an error: one line, no traceback.
             # Returning normally keeps run_asgi from logging "Exception in ASGI application".

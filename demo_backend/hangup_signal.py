@@ -6,21 +6,22 @@ task's cancellation is held until the thread returns, and ``anyio.from_thread.ch
 inside the thread never sees it (observed, cancellation-facts §7). Nothing can stop a Python
 thread from outside, so the thread has to look.
 
-What it looks at: ``ConnectionCanceller`` binds each request's ``HangupSignal`` (the request's own
-record, so nothing is made for it) to a context variable inside the request's task, and sets its
-flag in the same step as it starts cancelling the task. anyio runs the worker thread in a copy of
-the caller's context (``anyio.to_thread.run_sync``, like ``asyncio.to_thread``): the copy holds the
-same object, not a snapshot of its flag, so the endpoint's thread, and any thread it starts with a
-copied context, sees a hang-up that happens after it started. ``client_hung_up()`` is a lock-free
-read of one attribute (what ``threading.Event.is_set`` is too), cheap enough to call every few
-milliseconds. The flag is set only for a request the policy cancels; a write carried to the end
-never sees it.
+What it looks at: each request's ``HangupSignal`` is bound to a context variable that the
+request's task holds (``canceller.unclaimed_signal`` says where it is bound and why), and the
+canceller sets its flag in the same step as it starts cancelling the task. anyio runs the worker
+thread in a copy of the caller's context (``anyio.to_thread.run_sync``, like ``asyncio.to_thread``):
+the copy holds the same object, not a snapshot of its flag, so the endpoint's thread, and any
+thread it starts with a copied context, sees a hang-up that happens after it started.
+``client_hung_up()`` is a lock-free read of one attribute (what ``threading.Event.is_set`` is too),
+cheap enough to call every few milliseconds. The flag is set only for a request the policy
+cancels; a write carried to the end never sees it. A thread that outlives its request's app reads
+the signal of a later request on the same keep-alive connection (``canceller`` module docstring).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 
 _signal: ContextVar[HangupSignal | None] = ContextVar("hangup_signal", default=None)
 
@@ -51,9 +52,9 @@ def raise_if_hung_up() -> None:
         raise ClientHungUp
 
 
-# The canceller's two calls per request are the context variable's own methods: a function of
-# ours around each would cost every request two Python frames.
-bind: Callable[[HangupSignal], Token[HangupSignal | None]] = _signal.set
-"""Make a signal this context's hang-up signal (the canceller does, once per request)."""
-unbind: Callable[[Token[HangupSignal | None]], None] = _signal.reset
-"""Undo ``bind``, with the token it returned."""
+# The canceller's two calls are the context variable's own methods: a function of ours around each
+# would cost every request a Python frame.
+bind: Callable[[HangupSignal], object] = _signal.set
+"""Make a signal this context's hang-up signal (``canceller.unclaimed_signal`` says where)."""
+bound: Callable[[], HangupSignal | None] = _signal.get
+"""This context's signal, None outside a request."""

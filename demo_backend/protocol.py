@@ -27,7 +27,10 @@ state:
    the task with the method, path and headers (the request id is read from them only for the log
    line) and uvicorn's ``send``, and passes the app uvicorn's own ``receive`` and ``send``: whether
    the response is complete is read at hang-up time from the ``RequestResponseCycle`` that
-   ``send`` belongs to (``InFlightRequest.response_complete``).
+   ``send`` belongs to (``InFlightRequest.response_complete``). The request's ``HangupSignal``,
+   which its threads read, comes with the task's context: ``data_received`` binds one in the
+   connection's context before uvicorn parses the bytes and starts the task
+   (``canceller.unclaimed_signal``: no object per request for the garbage collector to count).
 3. ``connection_lost`` (FIN, RST, or half-close: uvicorn's ``eof_received`` returns None) first
    lets uvicorn do its own bookkeeping, then cancels the recorded tasks whose response is
    incomplete and that the policy cancels: by the proxy's ``Hangup-Decision`` when it is trusted
@@ -50,9 +53,10 @@ The request task is always registered before its connection can be lost: ``creat
 the task's first step with ``call_soon`` while uvicorn handles the request head, and asyncio's and
 uvloop's transports deliver ``connection_lost`` through ``call_soon`` too, later in FIFO order.
 
-Relies on uvicorn internals (``self.app``, ``connection_made``, ``connection_lost``); pyproject
-pins uvicorn to the range that the tests exercise with both h11 and httptools. On a hang-up only,
-it also reads anyio's record of a task's cancel scopes (``canceller.is_shielded_by_anyio``).
+Relies on uvicorn internals (``self.app``, ``connection_made``, ``data_received``,
+``connection_lost``); pyproject pins uvicorn to the range that the tests exercise with both h11 and
+httptools. On a hang-up only, it also reads anyio's record of a task's cancel scopes
+(``canceller.is_shielded_by_anyio``).
 
 Known limitations
 -----------------
@@ -77,7 +81,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from demo_backend.cancel_methods import cancel_methods_from_env, trust_decision_header_from_env
-from demo_backend.canceller import ConnectionCanceller
+from demo_backend.canceller import ConnectionCanceller, unclaimed_signal
 from demo_backend.environment import value_or_exit
 
 HttpImplementation = Literal["h11", "httptools"]
@@ -109,6 +113,12 @@ class ConnectionCancelling(asyncio.Protocol):
             self.app, self.cancel_methods, trust_decision_header=self.trust_decision_header
         )
         self.app = self.canceller
+
+    def data_received(self, data: bytes) -> None:
+        # A request whose head is in these bytes gets its task here, and the task inherits this
+        # context's signal (canceller module docstring: a signal that does not wake the GC).
+        unclaimed_signal()
+        super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

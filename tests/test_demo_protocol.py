@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from demo_backend import hangup_signal
 from demo_backend.protocol import (
     CancellingH11Protocol,
     CancellingHttpToolsProtocol,
@@ -57,29 +59,67 @@ class Handler:
         self.finished.set()
 
 
+@dataclass
+class ThreadWork:
+    """What a request's worker thread saw of the hang-up signal, once the test let it look."""
+
+    started: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+    saw_hang_up: bool | None = None
+
+    def look_when_released(self) -> None:
+        self.started.set()
+        if self.release.wait(WAIT):
+            self.saw_hang_up = hangup_signal.client_hung_up()
+        self.finished.set()
+
+
 class Probe:
-    """A Starlette app whose handlers wait for the test; handlers are keyed by X-Request-ID."""
+    """A Starlette app whose handlers wait for the test; handlers are keyed by X-Request-ID.
+
+    Each handler also keeps the hang-up signal its request's context holds, in ``signals``.
+    """
 
     def __init__(self) -> None:
         self.handlers: dict[str, Handler] = {}
+        self.threads: dict[str, ThreadWork] = {}
+        self.signals: dict[str, hangup_signal.HangupSignal | None] = {}
         self.app = Starlette(
             routes=[
                 Route("/hold", self._held_answer, methods=["GET", "POST", "DELETE"]),
                 Route("/background", self._answer_then_hold),
+                Route("/thread", self._thread_answer),
+                Route("/thread-background", self._answer_then_thread),
             ]
         )
 
     def __getitem__(self, request_id: str) -> Handler:
         return self.handlers.setdefault(request_id, Handler())
 
+    def _request_id(self, request: Request) -> str:
+        request_id = request.headers["x-request-id"]
+        self.signals[request_id] = hangup_signal.bound()
+        return request_id
+
     async def _held_answer(self, request: Request) -> PlainTextResponse:
         await request.body()
-        await self[request.headers["x-request-id"]].hold()
+        await self[self._request_id(request)].hold()
         return PlainTextResponse("released")
 
     async def _answer_then_hold(self, request: Request) -> PlainTextResponse:
-        handler = self[request.headers["x-request-id"]]
+        handler = self[self._request_id(request)]
         return PlainTextResponse("answered", background=BackgroundTask(handler.hold))
+
+    def _thread_answer(self, request: Request) -> PlainTextResponse:
+        # A `def` endpoint: Starlette runs it in a worker thread, in a copy of the task's context.
+        work = self.threads.setdefault(self._request_id(request), ThreadWork())
+        work.look_when_released()
+        return PlainTextResponse("looked")
+
+    async def _answer_then_thread(self, request: Request) -> PlainTextResponse:
+        work = self.threads.setdefault(self._request_id(request), ThreadWork())
+        return PlainTextResponse("answered", background=BackgroundTask(work.look_when_released))
 
 
 @dataclass
@@ -132,6 +172,10 @@ async def serving(
 async def wait(event: asyncio.Event) -> None:
     async with asyncio.timeout(WAIT):
         await event.wait()
+
+
+async def wait_for_thread(event: threading.Event) -> None:
+    assert await asyncio.to_thread(event.wait, WAIT), "the worker thread did not get there"
 
 
 def assert_no_errors(caplog: pytest.LogCaptureFixture) -> None:
@@ -328,6 +372,101 @@ async def test_hangup_on_keep_alive_connection_cancels_only_the_in_flight_reques
     assert not served.probe["first"].cancelled.is_set()
     assert [line["request_id"] for line in cancelled_lines(logs)] == ["second"]
     assert_no_errors(uvicorn_logs)
+
+
+# --- the hang-up signal that threads read --------------------------------------------------------
+
+
+async def test_requests_one_after_another_share_one_signal_and_a_thread_still_sees_its_hang_up(
+    http: HttpImplementation, uvicorn_logs: pytest.LogCaptureFixture
+) -> None:
+    # The reuse is what keeps the protocol's objects per request away from the garbage collector
+    # (canceller module docstring); the second request must still see its own hang-up.
+    with watch_logs() as logs:
+        async with serving(http) as served:
+            connection = await RawConnection.open(served.port)
+            await connection.send(request_bytes("GET", "/background", [("X-Request-ID", "one")]))
+            await connection.read_response()
+            await wait(served.probe["one"].started)
+            served.probe["one"].release.set()
+            await wait(served.probe["one"].finished)
+            await connection.send(request_bytes("GET", "/thread", [("X-Request-ID", "two")]))
+            work = served.probe.threads.setdefault("two", ThreadWork())
+            await wait_for_thread(work.started)
+            connection.hang_up("fin")
+            await wait(served.lost)
+            work.release.set()
+            await wait_for_thread(work.finished)
+            await logs.wait_for("handler_cancelled")
+
+    assert served.probe.signals["two"] is served.probe.signals["one"] is not None
+    assert work.saw_hang_up is True
+    assert [line["request_id"] for line in cancelled_lines(logs)] == ["two"]
+    assert_no_errors(uvicorn_logs)
+
+
+async def test_a_background_thread_of_an_answered_request_does_not_see_the_next_ones_hang_up(
+    http: HttpImplementation, uvicorn_logs: pytest.LogCaptureFixture
+) -> None:
+    async with serving(http) as served:
+        connection = await RawConnection.open(served.port)
+        headers = [("X-Request-ID", "answered")]
+        await connection.send(request_bytes("GET", "/thread-background", headers))
+        await connection.read_response()
+        work = served.probe.threads.setdefault("answered", ThreadWork())
+        await wait_for_thread(work.started)
+        await connection.send(request_bytes("GET", "/hold", [("X-Request-ID", "next")]))
+        await wait(served.probe["next"].started)
+        connection.hang_up("rst")
+        await wait(served.probe["next"].cancelled)
+        work.release.set()
+        await wait_for_thread(work.finished)
+
+    assert served.probe.signals["next"] is not served.probe.signals["answered"]
+    assert work.saw_hang_up is False
+    assert_no_errors(uvicorn_logs)
+
+
+async def test_a_pipelined_request_is_cancelled_under_its_own_signal_and_id(
+    http: HttpImplementation, uvicorn_logs: pytest.LogCaptureFixture
+) -> None:
+    # uvicorn starts the second request from the first one's task, whose signal is still claimed.
+    with watch_logs() as logs:
+        async with serving(http) as served:
+            connection = await RawConnection.open(served.port)
+            await connection.send(
+                request_bytes("GET", "/background", [("X-Request-ID", "first")])
+                + request_bytes("GET", "/hold", [("X-Request-ID", "second")])
+            )
+            await connection.read_response()
+            await wait(served.probe["second"].started)
+            connection.hang_up("fin")
+            await wait(served.probe["second"].cancelled)
+            await logs.wait_for("handler_cancelled")
+            served.probe["first"].release.set()
+            await wait(served.probe["first"].finished)
+
+    first, second = served.probe.signals["first"], served.probe.signals["second"]
+    assert first is not None
+    assert second is not None
+    assert first is not second
+    assert (first.hung_up, second.hung_up) == (False, True)
+    assert [line["request_id"] for line in cancelled_lines(logs)] == ["second"]
+    assert_no_errors(uvicorn_logs)
+
+
+async def test_a_server_that_starts_each_task_in_an_empty_context_still_cancels(
+    http: HttpImplementation,
+) -> None:
+    # uvicorn's reset_contextvars: no signal comes with the task, so the wrapper binds its own.
+    async with serving(http, reset_contextvars=True) as served:
+        connection = await start_request(served, "GET", "/hold", "fresh-context")
+        connection.hang_up("fin")
+        await wait(served.probe["fresh-context"].cancelled)
+
+    signal = served.probe.signals["fresh-context"]
+    assert signal is not None
+    assert signal.hung_up
 
 
 # --- other parties' cancellations ----------------------------------------------------------------
