@@ -97,6 +97,10 @@ class Probe:
     def __getitem__(self, request_id: str) -> Handler:
         return self.handlers.setdefault(request_id, Handler())
 
+    def thread(self, request_id: str) -> ThreadWork:
+        """The worker thread of a request to ``/thread`` or ``/thread-background``."""
+        return self.threads.setdefault(request_id, ThreadWork())
+
     def _request_id(self, request: Request) -> str:
         request_id = request.headers["x-request-id"]
         self.signals[request_id] = hangup_signal.bound()
@@ -113,12 +117,12 @@ class Probe:
 
     def _thread_answer(self, request: Request) -> PlainTextResponse:
         # A `def` endpoint: Starlette runs it in a worker thread, in a copy of the task's context.
-        work = self.threads.setdefault(self._request_id(request), ThreadWork())
+        work = self.thread(self._request_id(request))
         work.look_when_released()
         return PlainTextResponse("looked")
 
     async def _answer_then_thread(self, request: Request) -> PlainTextResponse:
-        work = self.threads.setdefault(self._request_id(request), ThreadWork())
+        work = self.thread(self._request_id(request))
         return PlainTextResponse("answered", background=BackgroundTask(work.look_when_released))
 
 
@@ -391,7 +395,7 @@ async def test_requests_one_after_another_share_one_signal_and_a_thread_still_se
             served.probe["one"].release.set()
             await wait(served.probe["one"].finished)
             await connection.send(request_bytes("GET", "/thread", [("X-Request-ID", "two")]))
-            work = served.probe.threads.setdefault("two", ThreadWork())
+            work = served.probe.thread("two")
             await wait_for_thread(work.started)
             connection.hang_up("fin")
             await wait(served.lost)
@@ -413,7 +417,7 @@ async def test_a_background_thread_of_an_answered_request_does_not_see_the_next_
         headers = [("X-Request-ID", "answered")]
         await connection.send(request_bytes("GET", "/thread-background", headers))
         await connection.read_response()
-        work = served.probe.threads.setdefault("answered", ThreadWork())
+        work = served.probe.thread("answered")
         await wait_for_thread(work.started)
         await connection.send(request_bytes("GET", "/hold", [("X-Request-ID", "next")]))
         await wait(served.probe["next"].started)
