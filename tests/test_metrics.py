@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from aiohttp import ClientSession
+from prometheus_client import Gauge, Histogram
 
+from proxy.exchange.state import Exchange
+from proxy.observability import metrics as metrics_module
 from proxy.observability.metrics import ABORTED, CANCEL_PROPAGATION_BUCKETS, REJECTION_REASONS
 from proxy.serving.server import RunningProxy
 from proxy.wire.address import HostPort
@@ -244,3 +248,55 @@ async def test_metrics_carry_no_created_series_in_either_format(
     for exposition in (text, openmetrics):
         assert "hangup_requests_total" in exposition
         assert [line for line in exposition.splitlines() if "_created" in line] == []
+
+
+def _exported(registry: Any, prefix: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for metric in registry.collect()
+        for sample in metric.samples
+        if sample.name.startswith(prefix)
+    }
+
+
+@pytest.mark.parametrize("multiprocess", [False, True], ids=["one process", "workers"])
+def test_counts_kept_in_plain_integers_export_exactly_what_prometheus_client_would(
+    multiprocess: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    # Durations on every bucket's bound (Histogram.observe counts a value equal to a bound in that
+    # bucket), just above one, and past the last (+Inf), as the plain counts must file them.
+    if multiprocess:
+        # Only whether the variable is set matters here: the values stay in this process.
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    durations = [*metrics_module.REQUEST_DURATION_BUCKETS, 0.0, 0.007, 2.0, 301.0, 1e6]
+    proxy_metrics = metrics_module.ProxyMetrics()
+    reference = metrics_module.new_registry()
+    histogram = Histogram(
+        "hangup_request_duration_seconds",
+        "reference",
+        buckets=metrics_module.REQUEST_DURATION_BUCKETS,
+        registry=reference,
+    )
+    active = Gauge("hangup_active_requests", "reference", registry=reference)
+    now = 1000.0
+    monkeypatch.setattr(time, "perf_counter", lambda: now)
+    for duration in durations:
+        exchange = Exchange("rid", "GET", "/", None, cancellable=True)
+        exchange.started = now - duration
+        exchange.upstream_answered(200)
+        exchange.completed(200)
+        proxy_metrics.started()
+        proxy_metrics.finished(exchange)
+        histogram.observe(now - exchange.started)
+    proxy_metrics.started()  # one still in flight
+    active.inc()
+
+    exported = _exported(proxy_metrics.registry, "hangup_request_duration_seconds")
+    assert exported == _exported(reference, "hangup_request_duration_seconds")
+    assert _exported(proxy_metrics.registry, "hangup_active_requests") == _exported(
+        reference, "hangup_active_requests"
+    )
+    completed = _exported(proxy_metrics.registry, "hangup_requests_total")
+    assert completed[("hangup_requests_total", (("outcome", "completed"),))] == len(durations)
+    # Collected again with nothing new: nothing is added twice.
+    assert _exported(proxy_metrics.registry, "hangup_request_duration_seconds") == exported
