@@ -1,15 +1,18 @@
 """The proxy's Prometheus metrics: one private registry per proxy, filled once per exchange.
 
 Each running proxy owns a ``CollectorRegistry`` of its own (never the process-global default), so
-several proxies in one process (the tests) keep separate counts. The hot path does a handful of
-increments: ``started`` when an exchange begins and ``finished`` at the one place every exchange
-ends, next to its canonical log line. Names follow Prometheus conventions (cancellation-facts §7):
+several proxies in one process (the tests) keep separate counts. The hot path counts in plain
+integers: ``started`` when an exchange begins and ``finished`` at the one place every exchange
+ends, next to its canonical log line; they reach prometheus-client when the registry is collected
+(``ProxyMetrics``). Names follow Prometheus conventions (cancellation-facts §7):
 the ``hangup_`` prefix, base units (seconds), ``_total`` counters, and only small fixed label sets,
 never a path or an id.
 
 With ``--workers N`` each worker runs with ``PROMETHEUS_MULTIPROC_DIR`` set by its supervisor, so
 prometheus-client keeps these values in files the supervisor sums (``proxy.workers.supervisor``).
-Nothing here changes for that but the gauge's ``multiprocess_mode``, which a single process ignores.
+Two things change for that: the gauge's ``multiprocess_mode``, which a single process ignores, and
+the plain counts, added to the files at once because the supervisor reads them from its own
+process.
 
 No ``_created`` series: prometheus-client adds one to every counter and histogram (and to each of
 their label children), a start time no dashboard of ours reads that doubles the lines of a scrape.
