@@ -250,10 +250,11 @@ async def test_metrics_carry_no_created_series_in_either_format(
         assert [line for line in exposition.splitlines() if "_created" in line] == []
 
 
-def _exported(registry: Any, prefix: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def _exported(collector: Any, prefix: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The samples of a registry or of one metric, by name and labels."""
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for metric in registry.collect()
+        for metric in collector.collect()
         for sample in metric.samples
         if sample.name.startswith(prefix)
     }
@@ -263,12 +264,14 @@ def _exported(registry: Any, prefix: str) -> dict[tuple[str, tuple[tuple[str, st
 def test_counts_kept_in_plain_integers_export_exactly_what_prometheus_client_would(
     multiprocess: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
-    # Durations on every bucket's bound (Histogram.observe counts a value equal to a bound in that
-    # bucket), just above one, and past the last (+Inf), as the plain counts must file them.
     if multiprocess:
         # Only whether the variable is set matters here: the values stay in this process.
         monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    # Durations on every bucket's bound (Histogram.observe files a value equal to a bound in that
+    # bucket), between two bounds, and past the last (+Inf). The clock reads 0, so each duration
+    # is exactly the one given.
     durations = [*metrics_module.REQUEST_DURATION_BUCKETS, 0.0, 0.007, 2.0, 301.0, 1e6]
+    monkeypatch.setattr(time, "perf_counter", lambda: 0.0)
     proxy_metrics = metrics_module.ProxyMetrics()
     reference = metrics_module.new_registry()
     histogram = Histogram(
@@ -278,21 +281,25 @@ def test_counts_kept_in_plain_integers_export_exactly_what_prometheus_client_wou
         registry=reference,
     )
     active = Gauge("hangup_active_requests", "reference", registry=reference)
-    now = 1000.0
-    monkeypatch.setattr(time, "perf_counter", lambda: now)
     for duration in durations:
         exchange = Exchange("rid", "GET", "/", None, cancellable=True)
-        exchange.started = now - duration
+        exchange.started = -duration
         exchange.upstream_answered(200)
         exchange.completed(200)
         proxy_metrics.started()
         proxy_metrics.finished(exchange)
-        histogram.observe(now - exchange.started)
+        histogram.observe(duration)
     proxy_metrics.started()  # one still in flight
     active.inc()
 
+    expected = _exported(reference, "hangup_request_duration_seconds")
+    if multiprocess:
+        # The supervisor reads the values from its own process, never through this registry:
+        # they must be there before anything collects it.
+        assert _exported(proxy_metrics.request_duration, "hangup_") == expected
+        assert _exported(proxy_metrics.active_requests, "hangup_") == _exported(active, "hangup_")
     exported = _exported(proxy_metrics.registry, "hangup_request_duration_seconds")
-    assert exported == _exported(reference, "hangup_request_duration_seconds")
+    assert exported == expected
     assert _exported(proxy_metrics.registry, "hangup_active_requests") == _exported(
         reference, "hangup_active_requests"
     )
