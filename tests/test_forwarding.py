@@ -10,7 +10,8 @@ import pytest
 
 from tests.conftest import ProxyFactory
 from tests.raw_upstream import RawUpstream, answer_with, response_bytes
-from tests.support import WAIT, RawConnection, exchange, request_bytes
+from tests.support import LOOPBACK, WAIT, RawConnection, exchange, request_bytes
+from tests.wire_parsers import WireAnswer, read_answers_by_every_parser
 
 PROXY_ADDED = {
     "x-forwarded-for",
@@ -366,3 +367,80 @@ async def test_large_response_streams_through_whole(
         response = await exchange(proxy.address.port, request_bytes("GET", "/big"))
     assert response.header("Content-Length") == str(len(body))
     assert response.body == body
+
+
+@pytest.mark.parametrize(
+    "upstream_date", [True, False], ids=["the upstream's Date", "a Date of the proxy's"]
+)
+async def test_an_answer_that_came_whole_reaches_the_client_as_the_same_answer_streamed_does(
+    start_proxy: ProxyFactory, upstream_date: bool
+) -> None:
+    # One answer twice on one keep-alive connection: first written whole (hangup writes it in one
+    # piece, proxy.wire.response.whole_answer), then its head alone, the body only once the
+    # client has read that head (so hangup streamed it, through aiohttp's StreamResponse).
+    fields = [("Content-Type", "text/plain"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]
+    if upstream_date:
+        fields.append(("Date", "Wed, 09 Jun 2027 10:18:14 GMT"))
+    # ASCII values only: aiohttp writes a streamed answer's fields as UTF-8, so an obs-text byte
+    # (RFC 9110 §5.5) reaches the client re-encoded on that path, byte for byte on the other.
+    fields += [("X-Custom", "v 1"), ("Content-Length", "5")]
+    head = response_bytes(200, b"", fields, reason="Fine")
+    body = b"hello"
+    body_may_follow = asyncio.Event()
+    handlers: list[asyncio.Task[object]] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+        while True:
+            try:
+                request = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                writer.close()  # the proxy closed its pooled connection
+                return
+            if request.startswith(b"GET /streamed "):
+                writer.write(head)
+                await writer.drain()
+                await body_may_follow.wait()
+                writer.write(body)
+            else:
+                writer.write(head + body)
+            await writer.drain()
+
+    server = await asyncio.start_server(serve, LOOPBACK, 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with start_proxy(f"http://{LOOPBACK}:{port}") as proxy:
+            client = await RawConnection.open(proxy.address.port)
+            async with asyncio.timeout(WAIT):
+                await client.send(request_bytes("GET", "/whole"))
+                whole_head = await client.reader.readuntil(b"\r\n\r\n")
+                whole = whole_head + await client.reader.readexactly(len(body))
+                await client.send(request_bytes("GET", "/streamed"))
+                streamed_head = await client.reader.readuntil(b"\r\n\r\n")
+                body_may_follow.set()
+                streamed = streamed_head + await client.reader.readexactly(len(body))
+            await client.close()
+        # The proxy closed its pooled connection as it stopped: each handler saw it end.
+        async with asyncio.timeout(WAIT):
+            await asyncio.gather(*handlers)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    def without_date(answer: bytes) -> bytes:
+        return b"".join(
+            line for line in answer.splitlines(keepends=True) if not line.startswith(b"Date: ")
+        )
+
+    assert whole.count(b"\r\nDate: ") == streamed.count(b"\r\nDate: ") == 1
+    if upstream_date:
+        assert whole == streamed
+        assert b"\r\nDate: Wed, 09 Jun 2027 10:18:14 GMT\r\n" in whole
+    else:
+        assert without_date(whole) == without_date(streamed)
+    assert whole.startswith(b"HTTP/1.1 200 Fine\r\n")
+    assert b"\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n" in whole
+    assert read_answers_by_every_parser(whole + streamed, ["GET", "GET"]) == [
+        WireAnswer(200, body),
+        WireAnswer(200, body),
+    ]

@@ -47,7 +47,7 @@ import asyncio
 from collections.abc import Awaitable
 
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from proxy.edge.frontend import GateRequestHandler
 from proxy.edge.gate import UNSUPPORTED_EXPECTATION, UPSTREAM_BUSY, Rejection, check_request
@@ -67,6 +67,7 @@ from proxy.upstream.pool import UpstreamPool
 from proxy.websocket.tunnels import TUNNEL_DECISION, WebSocketTunnels, is_websocket_handshake
 from proxy.wire.headers import (
     downstream_response_fields,
+    downstream_response_fields_with_names,
     expects_continue,
     framing_field,
     request_head,
@@ -74,7 +75,7 @@ from proxy.wire.headers import (
     request_target,
     upstream_request_fields,
 )
-from proxy.wire.response import ForwardedResponse, must_be_empty
+from proxy.wire.response import ForwardedResponse, SentResponse, must_be_empty, whole_answer
 
 log = structlog.get_logger("hangup.proxy")
 
@@ -398,6 +399,10 @@ class Forwarder:
             await _discard(connection)
             return left.answer()
         exchange.advance(PhaseEvent.RESPONSE_STARTED)
+        sent = _write_whole(request, head, connection)
+        if sent is not None:
+            exchange.completed(head.status)
+            return sent
         response = ForwardedResponse(
             status=head.status,
             reason=head.reason,
@@ -426,6 +431,36 @@ class Forwarder:
             return response
         exchange.completed(head.status)
         return response
+
+
+def _write_whole(
+    request: web.BaseRequest, head: ResponseHead, connection: UpstreamConnection
+) -> SentResponse | None:
+    """Write an answer that arrived whole in one piece, or ``None`` to have it streamed.
+
+    Taken by an answer with a known length, a body, and every byte of it here, to an HTTP/1.1
+    keep-alive request on a client connection that is open: nearly every answer of an API. What
+    reaches the client is what ``ForwardedResponse`` writes (``proxy.wire.response.whole_answer``);
+    anything else (HTTP/1.0, ``Connection: close``, chunked or close-delimited answers, HEAD,
+    204, 304, an answer still arriving) is streamed.
+    """
+    length = head.content_length
+    transport = request.transport
+    if (
+        length is None
+        or transport is None
+        or transport.is_closing()
+        or request.version != HttpVersion11
+        or not request.keep_alive
+        or must_be_empty(request.method, head.status)
+    ):
+        return None
+    body = connection.whole_body(length)
+    if body is None:
+        return None
+    fields, names = downstream_response_fields_with_names(head.raw_headers)
+    transport.write(whole_answer(head.status, head.reason, fields, names, body))
+    return SentResponse(head.status)
 
 
 def _client_lost(request: web.BaseRequest, exchange: Exchange) -> Ending:

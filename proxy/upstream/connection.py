@@ -243,6 +243,22 @@ class UpstreamConnection(ResponseReader):
                 trip.waiter = None
                 upload.remove_done_callback(wake)
 
+    def whole_body(self, length: int) -> bytes | None:
+        """The answer's whole body when all ``length`` bytes of it are here and none was read
+        yet; else ``None``, and nothing is taken.
+
+        The common case, a small answer whose head and body came in one read: the caller can
+        write it to the client in one piece instead of streaming it (``proxy.serving.forward``).
+        """
+        trip = self._trip
+        if trip is None or not trip.complete or trip.failure is not None or trip.buffered != length:
+            return None
+        chunks = trip.chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        trip.chunks = []
+        trip.buffered = 0
+        return body
+
     async def read_body(self) -> bytes:
         """The next body bytes (everything already here, joined); ``b""`` once the body ended."""
         trip = self._trip

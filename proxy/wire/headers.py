@@ -263,6 +263,13 @@ def downstream_response_fields(raw: RawHeaders) -> list[tuple[str, str]]:
     return _TO_CLIENT.kept_with_names(raw)[0]
 
 
+def downstream_response_fields_with_names(
+    raw: RawHeaders,
+) -> tuple[list[tuple[str, str]], list[bytes]]:
+    """``downstream_response_fields``, and beside them their lower-cased names."""
+    return _TO_CLIENT.kept_with_names(raw)
+
+
 CHUNKED_FRAMING = "Transfer-Encoding: chunked"
 
 
