@@ -253,26 +253,20 @@ class UpstreamConnection(ResponseReader):
         trip = self._trip
         if trip is None or not trip.complete or trip.failure is not None or trip.buffered != length:
             return None
-        chunks = trip.chunks
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        trip.chunks = []
-        trip.buffered = 0
-        return body
+        return trip.take_body()
 
     async def read_body(self) -> bytes:
         """The next body bytes (everything already here, joined); ``b""`` once the body ended."""
         trip = self._trip
         if trip is None:
             raise _no_exchange()
-        while not (chunks := trip.chunks):
+        while not trip.chunks:
             if trip.complete:
                 return b""
             if trip.failure is not None:
                 raise trip.failure
             await self._wait(trip)
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        trip.chunks = []
-        trip.buffered = 0
+        data = trip.take_body()
         if trip.reading_paused and not self.lost:
             trip.reading_paused = False
             self._transport.resume_reading()

@@ -89,3 +89,11 @@ class RoundTrip:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def take_body(self) -> bytes:
+        """Every body byte read and not yet taken, joined; the buffer is empty afterwards."""
+        chunks = self.chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self.chunks = []
+        self.buffered = 0
+        return body
