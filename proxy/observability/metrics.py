@@ -54,6 +54,10 @@ REQUEST_DURATION_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 )  # fmt: skip
 
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""Read by prometheus-client when a worker imports it; set only in the workers' environment
+(``proxy.workers.supervisor``)."""
+
 ABORTED = "aborted"
 """The ``outcome`` label of an exchange that ended with no recorded outcome: the proxy itself cut
 it, e.g. when the drain timeout ran out at shutdown."""
@@ -114,7 +118,7 @@ class ProxyMetrics:
         registry = self.registry
         # Registered first, so collected first (the registry keeps registration order).
         registry.register(_CountsFirst(self))
-        self._counts_at_once = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        self._counts_at_once = MULTIPROC_DIR_ENV in os.environ
         self._active = 0
         self._completed_count = 0
         self._durations = 0

@@ -69,6 +69,7 @@ from pathlib import Path
 import structlog
 
 from proxy.observability.admin import Readiness, start_admin
+from proxy.observability.metrics import MULTIPROC_DIR_ENV
 from proxy.serving.server import ListenError, run_on_uvloop
 from proxy.settings.config import ProxyConfig
 from proxy.wire.address import HostPort
@@ -76,7 +77,7 @@ from proxy.workers.metrics_dir import MetricsDir, remove_abandoned
 from proxy.workers.reservation import reserve_address
 from proxy.workers.restart_policy import restart_delay, should_give_up
 from proxy.workers.worker import ASSIGNMENT_ENV, LISTENING, WorkerAssignment
-from proxy.workers.worker_metrics import MULTIPROC_DIR_ENV, SupervisorMetrics
+from proxy.workers.worker_metrics import SupervisorMetrics
 
 log = structlog.get_logger("hangup.proxy")
 

@@ -17,9 +17,6 @@ from prometheus_client import Counter, Gauge, multiprocess
 
 from proxy.observability.metrics import new_registry, register_build_info
 
-MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
-"""Read by prometheus-client when a worker imports it; set only in the workers' environment."""
-
 
 class SupervisorMetrics:
     """The supervisor's registry: the workers' files, its own worker counts, and the build."""
