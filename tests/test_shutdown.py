@@ -11,6 +11,7 @@ import asyncio
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
@@ -152,3 +153,33 @@ async def test_the_drain_waits_for_a_write_carried_to_the_end_after_its_client_l
             [line] = logs.events("request")
 
     assert (line["outcome"], line["upstream_status"]) == ("client_hangup", 200)
+
+
+async def test_a_write_carried_after_its_client_left_is_cut_when_the_drain_runs_out(
+    upstream: RawUpstream, start_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upstream.answer = SlowPathHeld()  # never released
+    async with start_proxy(upstream.url) as proxy:
+        # Told when the hang-up has handed the exchange's task to the forwarder, which aiohttp
+        # no longer waits for: only the forwarder's own drain can end it.
+        detach, detached = proxy.forwarder._detach, asyncio.Event()
+
+        def detach_and_tell(*args: Any) -> None:
+            detach(*args)
+            detached.set()
+
+        monkeypatch.setattr(proxy.forwarder, "_detach", detach_and_tell)
+        client = await RawConnection.open(proxy.address.port)
+        with watch_logs() as logs:
+            await client.send(request_bytes("POST", "/slow", body=b"data"))
+            await upstream.wait_requests(1)
+            client.hang_up("rst")
+            async with asyncio.timeout(WAIT):
+                await detached.wait()
+                await proxy.stop(drain_seconds=0.2)
+                await upstream.connections[0].closed.wait()
+            [line] = logs.events("request")
+
+    assert proxy.forwarder.detached == set()
+    # Cut by the proxy when the drain ran out, which closed the upstream connection.
+    assert (line["outcome"], line["status"]) == ("drain_timeout", 503)

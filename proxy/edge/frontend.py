@@ -22,9 +22,9 @@ number of connections. ``GateRequestHandler`` adds those:
 * a connection limit: past ``max_connections``, a new connection is answered 503 at once and
   closed, instead of queueing.
 
-It relies on three attributes of aiohttp's ``RequestHandler`` (``_messages``,
-``_request_in_progress``, ``transport``) and on its ``finish_response`` hook; aiohttp is pinned
-below 4 and the tests exercise each.
+It relies on four attributes of aiohttp's ``RequestHandler`` (``_messages``,
+``_request_in_progress``, ``_task_handler``, ``transport``) and on its ``finish_response`` hook;
+aiohttp is pinned below 4 and the tests exercise each.
 """
 
 from __future__ import annotations
@@ -121,6 +121,11 @@ class GateRequestHandler(RequestHandler):
         upstream connection here, before aiohttp cancels the handler, with no wait for a turn.
         A FIN is a hang-up even as a half-close: aiohttp closes the connection on it anyway
         (``RequestHandler.eof_received`` returns None, so asyncio closes the transport)."""
+        self.on_carried_hangup: Callable[[], object] | None = None
+        """Set while the running request is carried to the end: the client's leaving calls it
+        (from ``connection_lost``) instead of letting aiohttp cancel the request's task, which
+        ``RequestHandler.connection_lost`` does through the connection's task. The exchange
+        then runs on in the task it started in: no second task per write (issue 16)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Every write aiohttp makes for this client leaves at the end of the turn
@@ -136,6 +141,13 @@ class GateRequestHandler(RequestHandler):
         self._disarm_header_deadline()
         self._stop_stall_check()
         self._run_hangup_hooks()
+        carried, self.on_carried_hangup = self.on_carried_hangup, None
+        if carried is not None:
+            # aiohttp cancels the connection's task, and so the handler it awaits, only through
+            # this attribute (handler_cancellation): the connection's task then ends on its own
+            # once the handler has returned (finish_response finds the client gone).
+            self._task_handler = None
+            carried()
         super().connection_lost(exc)
 
     def eof_received(self) -> None:

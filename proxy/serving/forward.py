@@ -15,11 +15,13 @@ connection is lost (FIN or RST), ``RequestHandler.connection_lost`` cancels the 
   body, waiting for the upstream's head, or streaming its body) and the exchange ends as a 499. The
   upstream connection is closed, never pooled, so the backend's ``connection_lost`` fires.
 
-* **Carried to the end** (everything else by default): the exchange runs in its own task and the
-  handler only awaits it through ``asyncio.shield``. The hang-up cancels the handler, not the
-  exchange: the request finishes reaching the upstream (if its body had fully arrived), the
-  upstream answers, and the answer is read and discarded so the connection can be pooled again.
-  Nothing is ever retried (``proxy.upstream.connection``).
+* **Carried to the end** (everything else by default): the client connection is told to let
+  the hang-up pass its task by (``GateRequestHandler.on_carried_hangup``), so the exchange runs
+  on in the task aiohttp started for it, which the forwarder then keeps among ``detached`` (and,
+  for a grace rule, cancels once the grace has passed). The request finishes reaching the
+  upstream (if its body had fully arrived), the upstream answers, and the answer is read and
+  discarded so the connection can be pooled again. Nothing is ever retried
+  (``proxy.upstream.connection``).
 
 A request body is sent by a task of its own while the exchange waits for the upstream's head, so
 an upstream that answers early (a 413 or a 401 before reading the upload) is heard at once, as
@@ -44,6 +46,7 @@ the wait for the upstream's head once the request is written, then every gap bet
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable
 
 import structlog
@@ -55,7 +58,7 @@ from proxy.exchange.state import Ending, Exchange, Outcome, Phase, PhaseEvent
 from proxy.exchange.upstream_leg import UpstreamLeg
 from proxy.observability.metrics import ProxyMetrics
 from proxy.policy.decision_header import HEADER_LINES
-from proxy.policy.routes import Action, RoutePolicy
+from proxy.policy.routes import Action, Decision, RoutePolicy
 from proxy.serving.request_body import LAST_CHUNK, BodyRelay, ClientBodyError, retrieve_failure
 from proxy.settings.config import ProxyConfig, parse_seconds
 from proxy.upstream.connection import (
@@ -97,9 +100,9 @@ class Forwarder:
         # Set by the server when the drain timeout runs out: from then on a cancellation is the
         # proxy cutting the exchange, not the client leaving.
         self.cut_off = False
-        # Exchanges carried to the end after their client left; kept so they are not
-        # garbage-collected mid-flight (RUF006) and so shutdown can wait for them.
-        self.detached: set[asyncio.Task[web.StreamResponse]] = set()
+        # The tasks of exchanges carried to the end after their client left: aiohttp no longer
+        # tracks them, so shutdown waits for them here (and cuts them at the drain's end).
+        self.detached: set[asyncio.Task[object]] = set()
         self.websockets = WebSocketTunnels(pool, metrics)
 
     def handle(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
@@ -121,8 +124,7 @@ class Forwarder:
             cancellable=decision.action is Action.CANCEL,
             decision=decision,
         )
-        # Every line logged for this request carries its id, a detached exchange's too (a task
-        # starts with a copy of the context it was created in). This runs in the handler's task,
+        # Every line logged for this request carries its id. This runs in the handler's task,
         # before aiohttp awaits what is returned.
         structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
         if websocket:
@@ -145,21 +147,35 @@ class Forwarder:
             self._upstream_active -= 1
 
     async def _carried(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
-        """An exchange carried to the end: run in a task of its own, which a hang-up leaves be."""
-        task = asyncio.create_task(self._exchange(request, exchange))
+        """An exchange carried to the end: a hang-up leaves its task running.
+
+        No task of its own, and no ``asyncio.shield``: those cost a write about 30k instructions
+        (issue 16). The client connection calls ``_detach`` instead of cancelling.
+        """
+        client = request.protocol
+        if not isinstance(client, GateRequestHandler):
+            raise TypeError("the forwarder serves the connections of proxy.edge.frontend only")
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - aiohttp runs every handler in a task
+            raise RuntimeError("a request handled outside a task")
+        client.on_carried_hangup = functools.partial(self._detach, task, exchange.decision)
+        try:
+            return await self._exchange(request, exchange)
+        finally:
+            client.on_carried_hangup = None
+
+    def _detach(self, task: asyncio.Task[object], decision: Decision) -> None:
+        """The client of a carried exchange left: keep its task for shutdown to wait for.
+
+        With a grace rule, the exchange may finish within the grace period (its answer is then
+        discarded and the connection pooled); past it, it is cancelled, which closes the upstream
+        connection as for an immediate cancel.
+        """
         self.detached.add(task)
         task.add_done_callback(self.detached.discard)
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            decision = exchange.decision
-            if decision.action is Action.GRACE and not task.done():
-                # The client left: the exchange may finish within the grace period (its answer
-                # is then discarded and the connection pooled); past it, it is cancelled, which
-                # closes the upstream connection as for an immediate cancel.
-                cut = asyncio.get_running_loop().call_later(decision.grace, task.cancel)
-                task.add_done_callback(lambda _: cut.cancel())
-            raise
+        if decision.action is Action.GRACE:
+            cut = asyncio.get_running_loop().call_later(decision.grace, task.cancel)
+            task.add_done_callback(lambda _: cut.cancel())
 
     async def _exchange(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
         leg = UpstreamLeg(exchange)

@@ -148,7 +148,7 @@ class RunningProxy:
             await self.admin_runner.cleanup()
 
 
-async def _wait_all(tasks: set[asyncio.Task[web.StreamResponse]]) -> None:
+async def _wait_all(tasks: set[asyncio.Task[object]]) -> None:
     if tasks:
         await asyncio.wait(set(tasks))
 
