@@ -78,7 +78,7 @@ from proxy.wire.headers import (
     request_target,
     upstream_request_fields,
 )
-from proxy.wire.response import ForwardedResponse, SentResponse, must_be_empty, whole_answer
+from proxy.wire.response import SENT, ForwardedResponse, SentResponse, must_be_empty, whole_answer
 
 log = structlog.get_logger("hangup.proxy")
 
@@ -476,7 +476,7 @@ def _write_whole(
         return None
     fields, names = downstream_response_fields_with_names(head.raw_headers)
     transport.write(whole_answer(head.status, head.reason, fields, names, body))
-    return SentResponse(head.status)
+    return SENT
 
 
 def _client_lost(request: web.BaseRequest, exchange: Exchange) -> Ending:
